@@ -1,0 +1,131 @@
+//! The seam between the transport and the product.
+//!
+//! The server owns sockets, HTTP and WebSocket framing. It tells the application what happened to
+//! a peer (`Event`) and the application answers with `Action`s pushed to an output vector. The
+//! application never sees a socket, a clock call or another peer's buffer, so it runs unchanged
+//! under tests, under the echo example and, later, as one instance per worker thread.
+use std::{fmt, time::Instant};
+
+/// Identifies one WebSocket peer for as long as its connection lives.
+///
+/// The id packs the worker that owns the connection, a generation and a slot, so that a worker can
+/// route an action in O(1) and a stale id (for a connection that is gone and whose slot was reused)
+/// never reaches the new occupant.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(u64);
+
+impl PeerId {
+    /// Builds an id from its parts: `worker` (8 bits), `generation` (24 bits) and `slot` (32 bits).
+    pub fn new(worker: u8, generation: u32, slot: u32) -> PeerId {
+        PeerId(u64::from(worker) << 56 | u64::from(generation & 0xff_ffff) << 32 | u64::from(slot))
+    }
+
+    /// The worker (event loop) that owns this peer.
+    pub fn worker(self) -> u8 {
+        (self.0 >> 56) as u8
+    }
+
+    /// The generation of the slot when this peer took it.
+    pub fn generation(self) -> u32 {
+        (self.0 >> 32) as u32 & 0xff_ffff
+    }
+
+    /// The slot of the peer's connection in its worker's table.
+    pub fn slot(self) -> u32 {
+        self.0 as u32
+    }
+
+    /// The whole id as a number, for logs.
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Debug for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PeerId({}:{}:{})", self.worker(), self.slot(), self.generation())
+    }
+}
+
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// What happened to a peer, as the application sees it.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// The WebSocket handshake completed; the peer can now be sent messages.
+    Open,
+    /// A complete, UTF-8 validated text message.
+    Text(&'a str),
+    /// A complete binary message.
+    Binary(&'a [u8]),
+    /// The connection is gone (closed by either side, failed or timed out). No more events follow
+    /// and actions addressed to this peer are dropped.
+    Closed,
+}
+
+/// A message the application sends to a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// A text frame.
+    Text(String),
+    /// A binary frame.
+    Binary(Vec<u8>),
+}
+
+/// What the application asks the server to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send one message to one peer. Dropped silently if the peer is gone.
+    Send {
+        /// The receiver.
+        to: PeerId,
+        /// The message.
+        message: Message,
+    },
+    /// Send one text message to every open peer (encoded once, copied to each).
+    Broadcast {
+        /// The text.
+        text: String,
+    },
+    /// Close a peer's WebSocket with a status code (RFC 6455 §7.4) and a short reason.
+    Close {
+        /// The peer.
+        peer: PeerId,
+        /// The close status code.
+        code: u16,
+        /// A reason of at most 123 bytes.
+        reason: &'static str,
+    },
+}
+
+/// A WebSocket application: the echo example, the roulette.
+///
+/// Every method receives `now` from the server loop; an application never reads the clock.
+pub trait App {
+    /// Handles one event for one peer, pushing any resulting actions to `out`.
+    fn handle_event(&mut self, now: Instant, peer: PeerId, event: Event<'_>, out: &mut Vec<Action>);
+
+    /// The earliest instant at which the application wants `handle_timeout` to be called.
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+
+    /// Called by the server once `now` has reached the instant returned by `poll_timeout`.
+    fn handle_timeout(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let _ = (now, out);
+    }
+
+    /// The configuration was reloaded: apply the new limits to new and existing peers.
+    fn reconfigure(&mut self, config: &crate::config::Config) {
+        let _ = config;
+    }
+
+    /// The server is shutting down: tell peers what they need to know before the close frames.
+    fn handle_shutdown(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let _ = (now, out);
+    }
+}

@@ -1,0 +1,432 @@
+//! Configuration: `chatd.toml` -> [`FileConfig`] (serde, every key optional, unknown keys refused)
+//! -> [`Config`] (defaults applied, values checked). The rest of the program sees only `Config`.
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{de, Deserialize, Deserializer};
+
+/// Everything that can go wrong while loading a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has a key of the wrong type or an unknown key.
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the offending key or value (0 when unknown).
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+    /// A key has a value outside its allowed range.
+    #[error("{path}: key `{key}`: {message}")]
+    Invalid {
+        /// The file (or `<defaults>`).
+        path: PathBuf,
+        /// The key, dotted for tables (`chat.max_message_chars`).
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Result type of this module.
+pub type Result<T, E = ConfigError> = std::result::Result<T, E>;
+
+/// A duration written as `"250ms"`, `"5s"`, `"2m"`, `"1h"` or a plain number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = ConfigDuration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as \"500ms\", \"5s\", \"2m\" or a number of seconds")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                u64::try_from(v)
+                    .map(|s| ConfigDuration(Duration::from_secs(s)))
+                    .map_err(|_| E::custom("a duration cannot be negative"))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Duration::try_from_secs_f64(v).map(ConfigDuration).map_err(E::custom)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                parse_duration(v).map(ConfigDuration).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Parses `"250ms"`, `"5s"`, `"2m"`, `"1h"` (an integer and a unit).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 =
+        num.parse().map_err(|_| format!("`{s}` is not a duration such as \"500ms\" or \"5s\""))?;
+    let d = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "s" | "" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        other => return Err(format!("unknown duration unit `{other}` (use ms, s, m or h)")),
+    };
+    Ok(d)
+}
+
+/// The file as written: every key optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `listen`
+    pub listen: Option<SocketAddr>,
+    /// `log_level`
+    pub log_level: Option<LogLevel>,
+    /// `web_root`
+    pub web_root: Option<PathBuf>,
+    /// `allowed_origins`
+    pub allowed_origins: Option<Vec<String>>,
+    /// `max_connections`
+    pub max_connections: Option<usize>,
+    /// `max_message_bytes`
+    pub max_message_bytes: Option<usize>,
+    /// `max_outbound_bytes`
+    pub max_outbound_bytes: Option<usize>,
+    /// `handshake_timeout`
+    pub handshake_timeout: Option<ConfigDuration>,
+    /// `idle_timeout`
+    pub idle_timeout: Option<ConfigDuration>,
+    /// `ping_timeout`
+    pub ping_timeout: Option<ConfigDuration>,
+    /// The `[chat]` table.
+    pub chat: Option<FileChatConfig>,
+}
+
+/// The `[chat]` table as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileChatConfig {
+    /// `chat.max_message_chars`
+    pub max_message_chars: Option<usize>,
+    /// `chat.rate_per_second`
+    pub rate_per_second: Option<f64>,
+    /// `chat.rate_burst`
+    pub rate_burst: Option<u32>,
+    /// `chat.interest_timeout`
+    pub interest_timeout: Option<ConfigDuration>,
+    /// `chat.rematch_cooldown`
+    pub rematch_cooldown: Option<ConfigDuration>,
+    /// `chat.online_interval`
+    pub online_interval: Option<ConfigDuration>,
+}
+
+/// Log verbosity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// Start, stop and notable events (the default).
+    Info,
+    /// Every connection and request.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl LogLevel {
+    /// The matching slog level.
+    pub fn to_slog(self) -> slog::Level {
+        match self {
+            LogLevel::Error => slog::Level::Error,
+            LogLevel::Warn => slog::Level::Warning,
+            LogLevel::Info => slog::Level::Info,
+            LogLevel::Debug => slog::Level::Debug,
+            LogLevel::Trace => slog::Level::Trace,
+        }
+    }
+}
+
+/// The validated configuration with every default applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it came from, absolute; `None` for built-in defaults.
+    pub path: Option<PathBuf>,
+    /// Address to listen on. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Log verbosity. Default `info`.
+    pub log_level: LogLevel,
+    /// A folder served instead of the page embedded in the binary. Default: none.
+    pub web_root: Option<PathBuf>,
+    /// Origins (`scheme://host[:port]`) allowed to open a WebSocket besides the request's own
+    /// `Host`. Default: none.
+    pub allowed_origins: Vec<String>,
+    /// Open connections (HTTP and WebSocket) at most; more get 503. Default 10,000.
+    pub max_connections: usize,
+    /// Largest WebSocket frame or message accepted; larger ones close with 1009. Default 64 KiB.
+    pub max_message_bytes: usize,
+    /// Largest amount of unsent data kept for one peer; a peer that stops reading and exceeds
+    /// it is disconnected. Default 1 MiB.
+    pub max_outbound_bytes: usize,
+    /// Time allowed for one HTTP request head (and between keep-alive requests). Default 10 s.
+    pub handshake_timeout: Duration,
+    /// Silence after which the server pings a WebSocket peer. Default 60 s.
+    pub idle_timeout: Duration,
+    /// Time a pinged peer has to answer (send anything) before it is closed. Default 20 s.
+    pub ping_timeout: Duration,
+    /// The `[chat]` table.
+    pub chat: ChatConfig,
+}
+
+/// The roulette's limits: the `[chat]` table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatConfig {
+    /// Longest chat message in Unicode scalar values. Default 2000.
+    pub max_message_chars: usize,
+    /// Token bucket refill for messages and typing events, per second. Default 5.
+    pub rate_per_second: f64,
+    /// Token bucket size. Default 20.
+    pub rate_burst: u32,
+    /// How long a searcher with interests waits for a shared one before taking anyone. Default 5 s.
+    pub interest_timeout: Duration,
+    /// Two people who just parted are not paired again within this time. Default 10 s.
+    pub rematch_cooldown: Duration,
+    /// Online-count updates are sent at most this often. Default 5 s.
+    pub online_interval: Duration,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        ChatConfig {
+            max_message_chars: 2000,
+            rate_per_second: 5.0,
+            rate_burst: 20,
+            interest_timeout: Duration::from_secs(5),
+            rematch_cooldown: Duration::from_secs(10),
+            online_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            path: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            log_level: LogLevel::Info,
+            web_root: None,
+            allowed_origins: Vec::new(),
+            max_connections: 10_000,
+            max_message_bytes: 64 * 1024,
+            max_outbound_bytes: 1024 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            ping_timeout: Duration::from_secs(20),
+            chat: ChatConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates `path`. The stored path is made absolute so that a reload
+    /// after a change of working directory still finds the file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        Config::parse(&text, &abs)
+    }
+
+    /// Parses and validates TOML text; `path` is used in messages only.
+    pub fn parse(text: &str, path: &Path) -> Result<Config> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map_or((0, 0), |s| line_col(text, s.start));
+            ConfigError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.message().trim().to_owned(),
+            }
+        })?;
+        Config::from_file(file, path)
+    }
+
+    /// Applies defaults to a parsed file and checks every value.
+    pub fn from_file(f: FileConfig, path: &Path) -> Result<Config> {
+        let d = Config::default();
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message,
+        };
+        let chat = f.chat.unwrap_or_default();
+        let dc = ChatConfig::default();
+        let cfg = Config {
+            path: Some(path.to_owned()),
+            listen: f.listen.unwrap_or(d.listen),
+            log_level: f.log_level.unwrap_or(d.log_level),
+            web_root: f.web_root,
+            allowed_origins: f.allowed_origins.unwrap_or_default(),
+            max_connections: f.max_connections.unwrap_or(d.max_connections),
+            max_message_bytes: f.max_message_bytes.unwrap_or(d.max_message_bytes),
+            max_outbound_bytes: f.max_outbound_bytes.unwrap_or(d.max_outbound_bytes),
+            handshake_timeout: f.handshake_timeout.map_or(d.handshake_timeout, |d| d.0),
+            idle_timeout: f.idle_timeout.map_or(d.idle_timeout, |d| d.0),
+            ping_timeout: f.ping_timeout.map_or(d.ping_timeout, |d| d.0),
+            chat: ChatConfig {
+                max_message_chars: chat.max_message_chars.unwrap_or(dc.max_message_chars),
+                rate_per_second: chat.rate_per_second.unwrap_or(dc.rate_per_second),
+                rate_burst: chat.rate_burst.unwrap_or(dc.rate_burst),
+                interest_timeout: chat.interest_timeout.map_or(dc.interest_timeout, |d| d.0),
+                rematch_cooldown: chat.rematch_cooldown.map_or(dc.rematch_cooldown, |d| d.0),
+                online_interval: chat.online_interval.map_or(dc.online_interval, |d| d.0),
+            },
+        };
+        if cfg.max_connections == 0 || cfg.max_connections > 1_000_000 {
+            return Err(invalid("max_connections", "must be between 1 and 1000000".into()));
+        }
+        if !(125..=1 << 30).contains(&cfg.max_message_bytes) {
+            return Err(invalid("max_message_bytes", "must be between 125 and 1073741824".into()));
+        }
+        if cfg.max_outbound_bytes < cfg.max_message_bytes.min(64 * 1024) {
+            return Err(invalid(
+                "max_outbound_bytes",
+                "must be at least max_message_bytes (or 64 KiB)".into(),
+            ));
+        }
+        for (key, v) in [
+            ("handshake_timeout", cfg.handshake_timeout),
+            ("idle_timeout", cfg.idle_timeout),
+            ("ping_timeout", cfg.ping_timeout),
+            ("chat.online_interval", cfg.chat.online_interval),
+        ] {
+            if v < Duration::from_millis(10) || v > Duration::from_secs(24 * 3600) {
+                return Err(invalid(key, "must be between 10ms and 24h".into()));
+            }
+        }
+        if cfg.chat.max_message_chars == 0 || cfg.chat.max_message_chars > 100_000 {
+            return Err(invalid("chat.max_message_chars", "must be between 1 and 100000".into()));
+        }
+        if cfg.chat.max_message_chars.saturating_mul(6) + 64 > cfg.max_message_bytes {
+            return Err(invalid(
+                "chat.max_message_chars",
+                format!(
+                    "a message of {} characters may need {} bytes of JSON; raise max_message_bytes",
+                    cfg.chat.max_message_chars,
+                    cfg.chat.max_message_chars * 6 + 64
+                ),
+            ));
+        }
+        if !(cfg.chat.rate_per_second.is_finite() && cfg.chat.rate_per_second > 0.0) {
+            return Err(invalid("chat.rate_per_second", "must be a positive number".into()));
+        }
+        if cfg.chat.rate_burst == 0 {
+            return Err(invalid("chat.rate_burst", "must be at least 1".into()));
+        }
+        for o in &cfg.allowed_origins {
+            if !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/') {
+                return Err(invalid(
+                    "allowed_origins",
+                    format!("`{o}` is not an origin such as \"https://chat.example.com\""),
+                ));
+            }
+        }
+        if let Some(root) = &cfg.web_root {
+            if !root.is_dir() {
+                return Err(invalid(
+                    "web_root",
+                    format!("`{}` is not a readable directory", root.display()),
+                ));
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+/// 1-based line and column of byte offset `at` in `text`.
+fn line_col(text: &str, at: usize) -> (usize, usize) {
+    let before = &text.as_bytes()[..at.min(text.len())];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let col = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config> {
+        Config::parse(s, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(Config { path: Some("test.toml".into()), ..Config::default() }, c);
+    }
+
+    #[test]
+    fn the_documented_example_is_the_defaults() {
+        let text = include_str!("../config/chatd.toml");
+        let c = Config::parse(text, Path::new("chatd.toml")).unwrap();
+        assert_eq!(Config { path: Some("chatd.toml".into()), ..Config::default() }, c);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let e = parse("listen = \"127.0.0.1:1\"\nlisen = 3\n").unwrap_err().to_string();
+        assert!(e.starts_with("test.toml:2:1: "), "{e}");
+        assert!(e.contains("unknown field `lisen`"), "{e}");
+        let e = parse("[chat]\nmax_chars = 3\n").unwrap_err().to_string();
+        assert!(e.contains("test.toml:2:") && e.contains("max_chars"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let e = parse("max_connections = \"many\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("test.toml:1:"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+        let c = parse("idle_timeout = 30\n[chat]\ninterest_timeout = \"1500ms\"\n").unwrap();
+        assert_eq!(c.idle_timeout, Duration::from_secs(30));
+        assert_eq!(c.chat.interest_timeout, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn ranges_are_checked() {
+        let e = parse("max_connections = 0").unwrap_err().to_string();
+        assert!(e.contains("`max_connections`"), "{e}");
+        let e = parse("allowed_origins = [\"example.com\"]").unwrap_err().to_string();
+        assert!(e.contains("`allowed_origins`"), "{e}");
+        let e = parse("web_root = \"/nonexistent/dir\"").unwrap_err().to_string();
+        assert!(e.contains("`web_root`"), "{e}");
+    }
+}

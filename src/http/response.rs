@@ -1,0 +1,152 @@
+//! Responses: a status line and headers written into the connection's output buffer.
+
+/// Headers sent with every response: no sniffing, a policy that lets the page load only its own
+/// scripts, styles and images and connect only to its own origin (which, in CSP 3, includes
+/// `ws:`/`wss:` to the same host), no referrer, no framing.
+pub const SECURITY_HEADERS: &str = "X-Content-Type-Options: nosniff\r\n\
+Content-Security-Policy: default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'\r\n\
+Referrer-Policy: no-referrer\r\n\
+X-Frame-Options: DENY\r\n";
+
+/// The statuses chatd sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// 101, the WebSocket upgrade.
+    SwitchingProtocols,
+    /// 200
+    Ok,
+    /// 304, for a matching `If-None-Match`.
+    NotModified,
+    /// 400
+    BadRequest,
+    /// 403, a WebSocket from a foreign origin.
+    Forbidden,
+    /// 404
+    NotFound,
+    /// 405, with `Allow`.
+    MethodNotAllowed,
+    /// 408, a request head not finished in time.
+    RequestTimeout,
+    /// 413, a request with a body.
+    PayloadTooLarge,
+    /// 414
+    UriTooLong,
+    /// 426, with `Sec-WebSocket-Version: 13`.
+    UpgradeRequired,
+    /// 431
+    HeaderFieldsTooLarge,
+    /// 503, too many connections.
+    ServiceUnavailable,
+    /// 505
+    VersionNotSupported,
+}
+
+impl Status {
+    /// The numeric code.
+    pub fn code(self) -> u16 {
+        match self {
+            Status::SwitchingProtocols => 101,
+            Status::Ok => 200,
+            Status::NotModified => 304,
+            Status::BadRequest => 400,
+            Status::Forbidden => 403,
+            Status::NotFound => 404,
+            Status::MethodNotAllowed => 405,
+            Status::RequestTimeout => 408,
+            Status::PayloadTooLarge => 413,
+            Status::UriTooLong => 414,
+            Status::UpgradeRequired => 426,
+            Status::HeaderFieldsTooLarge => 431,
+            Status::ServiceUnavailable => 503,
+            Status::VersionNotSupported => 505,
+        }
+    }
+
+    /// The reason phrase.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Status::SwitchingProtocols => "Switching Protocols",
+            Status::Ok => "OK",
+            Status::NotModified => "Not Modified",
+            Status::BadRequest => "Bad Request",
+            Status::Forbidden => "Forbidden",
+            Status::NotFound => "Not Found",
+            Status::MethodNotAllowed => "Method Not Allowed",
+            Status::RequestTimeout => "Request Timeout",
+            Status::PayloadTooLarge => "Content Too Large",
+            Status::UriTooLong => "URI Too Long",
+            Status::UpgradeRequired => "Upgrade Required",
+            Status::HeaderFieldsTooLarge => "Request Header Fields Too Large",
+            Status::ServiceUnavailable => "Service Unavailable",
+            Status::VersionNotSupported => "HTTP Version Not Supported",
+        }
+    }
+}
+
+/// Writes a complete response. `extra` holds additional header lines, each ending in CRLF.
+/// With `head_only` (a HEAD request, or a 304) the body is left out but `Content-Length`
+/// still gives its size.
+pub fn write_response(
+    out: &mut Vec<u8>,
+    status: Status,
+    extra: &str,
+    body: &[u8],
+    head_only: bool,
+    keep_alive: bool,
+) {
+    use std::io::Write;
+    let connection = if keep_alive { "keep-alive" } else { "close" };
+    // Writing to a Vec cannot fail.
+    let _ = write!(
+        out,
+        "HTTP/1.1 {} {}\r\nServer: chatd\r\n{SECURITY_HEADERS}{extra}Content-Length: {}\r\nConnection: {connection}\r\n\r\n",
+        status.code(),
+        status.reason(),
+        body.len(),
+    );
+    if !head_only {
+        out.extend_from_slice(body);
+    }
+}
+
+/// Writes an error response with a one-line plain-text body naming the status.
+pub fn write_error(
+    out: &mut Vec<u8>,
+    status: Status,
+    extra: &str,
+    head_only: bool,
+    keep_alive: bool,
+) {
+    let body = format!("{} {}\n", status.code(), status.reason());
+    let headers =
+        format!("Content-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\n{extra}");
+    write_response(out, status, &headers, body.as_bytes(), head_only, keep_alive);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_has_security_headers_and_length() {
+        let mut out = Vec::new();
+        write_error(&mut out, Status::MethodNotAllowed, "Allow: GET, HEAD\r\n", false, true);
+        let s = String::from_utf8(out).unwrap();
+        assert!(s.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"), "{s}");
+        assert!(s.contains("Allow: GET, HEAD\r\n"));
+        assert!(s.contains("X-Content-Type-Options: nosniff\r\n"));
+        assert!(s.contains("Content-Security-Policy: default-src 'none'"));
+        assert!(s.contains("Content-Length: 23\r\n"), "{s}");
+        assert!(s.ends_with("\r\n\r\n405 Method Not Allowed\n"));
+    }
+
+    #[test]
+    fn head_leaves_out_the_body() {
+        let mut out = Vec::new();
+        write_response(&mut out, Status::Ok, "", b"hello", true, false);
+        let s = String::from_utf8(out).unwrap();
+        assert!(s.contains("Content-Length: 5\r\nConnection: close\r\n\r\n"));
+        assert!(s.ends_with("\r\n\r\n"));
+    }
+}

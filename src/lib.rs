@@ -1,0 +1,19 @@
+//! chatd: an anonymous text chat roulette served over HTTP/1.1 and RFC 6455 WebSocket.
+//!
+//! The protocol layers (`http`, `ws`, `roulette`) are sans-IO: bytes in, bytes or events out.
+//! Only `server`, `conn`, `signals` and `main.rs` touch sockets, mio or the clock.
+#![deny(missing_docs, missing_debug_implementations, rust_2018_idioms)]
+#![cfg_attr(test, deny(warnings))]
+#![warn(unreachable_pub)]
+
+pub mod app;
+pub mod config;
+pub mod http;
+pub mod log;
+pub mod roulette;
+pub mod server;
+pub mod ws;
+
+mod conn;
+mod signals;
+mod timer;

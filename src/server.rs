@@ -1,0 +1,844 @@
+//! The event loop: one mio `Poll`, a slab of connections, one timer heap, and an application.
+//!
+//! The loop is thin. It turns readiness into calls of the sans-IO layers (`http`, `ws`) and of the
+//! [`App`], applies the actions the application returns, and flushes output once per turn, so
+//! that everything queued for a peer in one turn leaves in one `write`. Sockets are registered
+//! once for reading and writing (edge-triggered) and readiness is kept in the connection.
+use std::{
+    collections::VecDeque,
+    io::{self, Write},
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use mio::{net::TcpListener, Events, Interest, Poll, Token};
+use slab::Slab;
+use slog::{debug, error, info, warn, Logger};
+
+use crate::{
+    app::{Action, App, Event, Message, PeerId},
+    config::Config,
+    conn::{Conn, ConnState, ReadOutcome, WriteOutcome, WsConn},
+    http::{self, Method, Request, Site, Status},
+    log::LevelSwitch,
+    signals::{Signal, SignalSource},
+    timer::Timers,
+    ws::{self, close_code, Incoming, OpCode, Session},
+};
+
+const LISTENER: Token = Token(0);
+const SIGNALS: Token = Token(1);
+const FIRST_CONN: usize = 2;
+
+/// Bytes read per `read` call. One buffer for the whole loop: connections own none while idle.
+const READ_CHUNK: usize = 64 * 1024;
+/// Reads given to one connection per readiness event before others get a turn.
+const READS_PER_EVENT: usize = 8;
+/// How long a closing connection may take to read our last bytes and close its side.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// How long accepting pauses when the process has no file descriptor left.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// How long a graceful stop waits for peers to take their close frames.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The server: listener, connections, timers and the application, driven by one thread.
+pub struct Server<A: App> {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    local_addr: SocketAddr,
+    signals: Option<SignalSource>,
+    conns: Slab<Conn>,
+    app: A,
+    config: Config,
+    site: Site,
+    timers: Timers,
+    log: Logger,
+    level: Option<LevelSwitch>,
+    scratch: Vec<u8>,
+    actions: Vec<Action>,
+    dirty: Vec<usize>,
+    backlog: VecDeque<(usize, u32)>,
+    accept_paused_until: Option<Instant>,
+    fd_warned_at: Option<Instant>,
+    next_generation: u32,
+    shutdown_deadline: Option<Instant>,
+    /// Ready-made answer for connections over `max_connections`.
+    full_response: Vec<u8>,
+}
+
+impl<A: App> std::fmt::Debug for Server<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.local_addr)
+            .field("conns", &self.conns.len())
+            .finish()
+    }
+}
+
+/// Why a connection was dropped, for the log.
+#[derive(Debug, Clone, Copy)]
+enum DropReason {
+    PeerClosed,
+    Error,
+    Timeout,
+    SlowReader,
+    Closed,
+}
+
+/// How a WebSocket ends after the input just read. The close frame is written only after the
+/// application's answers to the frames before it, so that they reach the peer first.
+#[derive(Debug, Clone, Copy)]
+enum End {
+    /// A protocol error: close with this code and reason.
+    Fail(u16, &'static str),
+    /// The peer sent a close frame: answer it, echoing its code (none if it sent none).
+    Answer(Option<u16>),
+}
+
+impl<A: App> Server<A> {
+    /// Binds the listener and sets up the loop. Nothing runs until [`Server::run`].
+    pub fn bind(config: Config, site: Site, app: A, log: Logger) -> io::Result<Server<A>> {
+        let poll = Poll::new()?;
+        let mut listener = TcpListener::bind(config.listen)?;
+        let local_addr = listener.local_addr()?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut full_response = Vec::new();
+        http::write_error(
+            &mut full_response,
+            Status::ServiceUnavailable,
+            "Retry-After: 5\r\n",
+            false,
+            false,
+        );
+        Ok(Server {
+            poll,
+            listener: Some(listener),
+            local_addr,
+            signals: None,
+            conns: Slab::new(),
+            app,
+            config,
+            site,
+            timers: Timers::default(),
+            log,
+            level: None,
+            scratch: vec![0; READ_CHUNK],
+            actions: Vec::new(),
+            dirty: Vec::new(),
+            backlog: VecDeque::new(),
+            accept_paused_until: None,
+            fd_warned_at: None,
+            next_generation: 0,
+            shutdown_deadline: None,
+            full_response,
+        })
+    }
+
+    /// Handles SIGTERM, SIGINT, SIGQUIT (graceful stop), SIGHUP (reload) and SIGUSR1 in the
+    /// loop. `level` is the switch a reload sets `log_level` on.
+    pub fn handle_signals(&mut self, level: LevelSwitch) -> io::Result<()> {
+        self.signals = Some(SignalSource::register(self.poll.registry(), SIGNALS)?);
+        self.level = Some(level);
+        Ok(())
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The application.
+    pub fn app(&self) -> &A {
+        &self.app
+    }
+
+    /// Runs until a graceful stop completes.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let now = Instant::now();
+            let timeout = self.poll_timeout(now);
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(now),
+                    SIGNALS => {
+                        if self.handle_pending_signals(now) {
+                            return Ok(());
+                        }
+                    }
+                    Token(t) => {
+                        let idx = t - FIRST_CONN;
+                        // A spurious or stale event (the connection is gone) is ignored.
+                        let Some(conn) = self.conns.get_mut(idx) else { continue };
+                        if event.is_writable() {
+                            conn.writable = true;
+                            if !conn.wbuf.is_empty() {
+                                mark_dirty(&mut self.dirty, conn, idx);
+                            }
+                        }
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            let generation = conn.generation;
+                            self.read_conn(idx, generation, now);
+                        }
+                    }
+                }
+                self.apply_actions(now);
+            }
+            // Connections that still had input after their share of reads get another turn.
+            for _ in 0..self.backlog.len() {
+                let Some((idx, generation)) = self.backlog.pop_front() else { break };
+                self.read_conn(idx, generation, now);
+                self.apply_actions(now);
+            }
+            self.expire(now);
+            if self.accept_paused_until.is_some_and(|t| t <= now) {
+                self.accept_paused_until = None;
+                self.accept(now);
+            }
+            if self.app.poll_timeout().is_some_and(|t| t <= now) {
+                self.app.handle_timeout(now, &mut self.actions);
+                self.apply_actions(now);
+            }
+            self.flush_dirty(now);
+            if let Some(deadline) = self.shutdown_deadline {
+                if self.conns.is_empty() || deadline <= now {
+                    info!(self.log, "stopped"; "unfinished_connections" => self.conns.len());
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.backlog.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        [
+            self.timers.next(),
+            self.app.poll_timeout(),
+            self.accept_paused_until,
+            self.shutdown_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|t| t.saturating_duration_since(now))
+    }
+
+    fn accept(&mut self, now: Instant) {
+        if self.accept_paused_until.is_some() {
+            return;
+        }
+        loop {
+            let Some(listener) = &self.listener else { return };
+            let (mut stream, peer) = match listener.accept() {
+                Ok(pair) => pair,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                    ) =>
+                {
+                    // Out of descriptors or memory: the pending connections stay in the kernel's
+                    // queue. Retry after a pause instead of spinning on a listener that stays ready.
+                    if self
+                        .fd_warned_at
+                        .is_none_or(|t| now.duration_since(t) > Duration::from_secs(10))
+                    {
+                        warn!(self.log, "cannot accept, pausing"; "error" => %e, "open" => self.conns.len());
+                        self.fd_warned_at = Some(now);
+                    }
+                    self.accept_paused_until = Some(now + ACCEPT_PAUSE);
+                    return;
+                }
+                Err(e) => {
+                    // ECONNABORTED and friends concern one connection only.
+                    debug!(self.log, "accept failed"; "error" => %e);
+                    continue;
+                }
+            };
+            if self.conns.len() >= self.config.max_connections || self.shutdown_deadline.is_some() {
+                // Best effort: a fresh socket has room for this small answer.
+                let _ = stream.write(&self.full_response);
+                debug!(self.log, "refused: server full"; "peer" => %peer);
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            let entry = self.conns.vacant_entry();
+            let idx = entry.key();
+            if let Err(e) = self.poll.registry().register(
+                &mut stream,
+                Token(idx + FIRST_CONN),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                error!(self.log, "cannot register connection"; "error" => %e);
+                continue;
+            }
+            let generation = self.next_generation;
+            self.next_generation = (self.next_generation + 1) & 0xff_ffff;
+            entry.insert(Conn::new(stream, peer, generation, now + self.config.handshake_timeout));
+            debug!(self.log, "accepted"; "conn" => idx, "peer" => %peer);
+            self.arm(idx);
+        }
+    }
+
+    /// Reads from one connection until `WouldBlock`, EOF, or its share of reads is used up.
+    fn read_conn(&mut self, idx: usize, generation: u32, now: Instant) {
+        for _ in 0..READS_PER_EVENT {
+            let Some(conn) = self.conns.get_mut(idx).filter(|c| c.generation == generation) else {
+                return;
+            };
+            match conn.fill(&mut self.scratch) {
+                Ok(ReadOutcome::Data(n)) => self.ingest(idx, n, now),
+                Ok(ReadOutcome::WouldBlock) => return,
+                Ok(ReadOutcome::Eof) => {
+                    let reason = match conn.state {
+                        ConnState::Closing { .. } => DropReason::Closed,
+                        _ => DropReason::PeerClosed,
+                    };
+                    self.drop_conn(idx, reason, now);
+                    return;
+                }
+                Err(e) => {
+                    debug!(self.log, "read failed"; "conn" => idx, "peer" => %conn.peer, "error" => %e);
+                    self.drop_conn(idx, DropReason::Error, now);
+                    return;
+                }
+            }
+        }
+        self.backlog.push_back((idx, generation));
+    }
+
+    /// Hands `n` freshly read bytes (in `scratch`) to the connection's protocol.
+    fn ingest(&mut self, idx: usize, n: usize, now: Instant) {
+        let Server { conns, scratch, app, actions, site, config, log, shutdown_deadline, .. } =
+            self;
+        let conn = &mut conns[idx];
+        let id = PeerId::new(0, conn.generation, idx as u32);
+        if let ConnState::Closing { .. } = conn.state {
+            return; // Input after we decided to close is read and dropped.
+        }
+        if let ConnState::WebSocket(ws) = &mut conn.state {
+            ws.pinged = false;
+            conn.deadline = now + config.idle_timeout;
+        }
+        let mut cx =
+            Cx { app, actions, site, config, log, now, stopping: shutdown_deadline.is_some() };
+        let end = if conn.rbuf.is_empty() {
+            // The common case: whole frames or requests arrived; parse them where they landed.
+            let input = &mut scratch[..n];
+            let (used, end) = drive(&mut cx, conn, id, idx, input);
+            if used < n && end.is_none() && !matches!(conn.state, ConnState::Closing { .. }) {
+                conn.rbuf.extend_from_slice(&input[used..]);
+            }
+            end
+        } else {
+            let mut rbuf = std::mem::take(&mut conn.rbuf);
+            rbuf.extend_from_slice(&scratch[..n]);
+            let (used, end) = drive(&mut cx, conn, id, idx, &mut rbuf);
+            if used < rbuf.len()
+                && end.is_none()
+                && !matches!(conn.state, ConnState::Closing { .. })
+            {
+                rbuf.drain(..used);
+                conn.rbuf = rbuf;
+            }
+            end
+        };
+        if let Some(end) = end {
+            self.apply_actions(now);
+            if self.conns.get(idx).is_none_or(|c| c.generation != id.generation()) {
+                return;
+            }
+            match end {
+                End::Fail(code, reason) => self.close_ws(idx, Some(code), reason, now),
+                End::Answer(code) => self.close_ws(idx, code, "", now),
+            }
+        }
+        let conn = &mut self.conns[idx];
+        if !conn.wbuf.is_empty() {
+            mark_dirty(&mut self.dirty, conn, idx);
+        }
+        if conn.wbuf.len() > self.config.max_outbound_bytes {
+            self.drop_conn(idx, DropReason::SlowReader, now);
+            return;
+        }
+        self.arm(idx);
+    }
+
+    /// Applies the application's actions, including those that result from applying them
+    /// (closing a peer tells the application, which may answer).
+    fn apply_actions(&mut self, now: Instant) {
+        while !self.actions.is_empty() {
+            let mut batch = std::mem::take(&mut self.actions);
+            for action in batch.drain(..) {
+                match action {
+                    Action::Send { to, message } => {
+                        let Some(idx) = self.lookup(to) else { continue };
+                        let conn = &mut self.conns[idx];
+                        match &message {
+                            Message::Text(t) => {
+                                ws::encode_frame(&mut conn.wbuf, OpCode::Text, t.as_bytes())
+                            }
+                            Message::Binary(b) => {
+                                ws::encode_frame(&mut conn.wbuf, OpCode::Binary, b)
+                            }
+                        }
+                        self.queued(idx, now);
+                    }
+                    Action::Broadcast { text } => {
+                        let mut frame = Vec::new();
+                        ws::encode_frame(&mut frame, OpCode::Text, text.as_bytes());
+                        let mut over = Vec::new();
+                        for (idx, conn) in self.conns.iter_mut() {
+                            if conn.is_websocket() {
+                                conn.wbuf.extend_from_slice(&frame);
+                                mark_dirty(&mut self.dirty, conn, idx);
+                                if conn.wbuf.len() > self.config.max_outbound_bytes {
+                                    over.push(idx);
+                                }
+                            }
+                        }
+                        for idx in over {
+                            self.drop_conn(idx, DropReason::SlowReader, now);
+                        }
+                    }
+                    Action::Close { peer, code, reason } => {
+                        let Some(idx) = self.lookup(peer) else { continue };
+                        self.close_ws(idx, Some(code), reason, now);
+                    }
+                }
+            }
+            if self.actions.is_empty() {
+                self.actions = batch; // keep the allocation
+            }
+        }
+    }
+
+    /// The slot of an open WebSocket peer, if it is still there.
+    fn lookup(&self, peer: PeerId) -> Option<usize> {
+        let idx = peer.slot() as usize;
+        let conn = self.conns.get(idx)?;
+        (conn.generation == peer.generation() && conn.is_websocket()).then_some(idx)
+    }
+
+    /// Output was queued for `idx`: flush it this turn, or drop a peer that stopped reading.
+    fn queued(&mut self, idx: usize, now: Instant) {
+        let conn = &mut self.conns[idx];
+        if conn.wbuf.len() > self.config.max_outbound_bytes {
+            self.drop_conn(idx, DropReason::SlowReader, now);
+        } else {
+            mark_dirty(&mut self.dirty, conn, idx);
+        }
+    }
+
+    /// Sends a close frame (with no payload if `code` is `None`) on an open WebSocket, starts
+    /// closing it and tells the application.
+    fn close_ws(&mut self, idx: usize, code: Option<u16>, reason: &str, now: Instant) {
+        let conn = &mut self.conns[idx];
+        if !conn.is_websocket() {
+            return;
+        }
+        match code {
+            Some(code) => ws::encode_close(&mut conn.wbuf, code, reason),
+            None => ws::encode_frame(&mut conn.wbuf, OpCode::Close, &[]),
+        }
+        let id = PeerId::new(0, conn.generation, idx as u32);
+        start_closing(conn, now);
+        mark_dirty(&mut self.dirty, conn, idx);
+        self.app.handle_event(now, id, Event::Closed, &mut self.actions);
+        self.arm(idx);
+    }
+
+    /// Removes a connection at once. An open WebSocket's application is told.
+    fn drop_conn(&mut self, idx: usize, reason: DropReason, now: Instant) {
+        let Some(mut conn) = self.conns.try_remove(idx) else { return };
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        debug!(self.log, "closed"; "conn" => idx, "peer" => %conn.peer, "reason" => ?reason);
+        if conn.is_websocket() {
+            let id = PeerId::new(0, conn.generation, idx as u32);
+            self.app.handle_event(now, id, Event::Closed, &mut self.actions);
+        }
+    }
+
+    /// Makes sure the connection's deadline has a timer entry.
+    fn arm(&mut self, idx: usize) {
+        let Some(conn) = self.conns.get_mut(idx) else { return };
+        if conn.armed.is_none_or(|at| conn.deadline < at) {
+            self.timers.push(conn.deadline, idx, conn.generation);
+            conn.armed = Some(conn.deadline);
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some((at, idx, generation)) = self.timers.pop_due(now) {
+            let Some(conn) = self.conns.get_mut(idx).filter(|c| c.generation == generation) else {
+                continue;
+            };
+            if conn.armed == Some(at) {
+                conn.armed = None;
+            }
+            if conn.deadline <= now {
+                self.on_timeout(idx, now);
+                self.apply_actions(now);
+            }
+            self.arm(idx);
+        }
+    }
+
+    fn on_timeout(&mut self, idx: usize, now: Instant) {
+        let conn = &mut self.conns[idx];
+        match &mut conn.state {
+            ConnState::Http if conn.rbuf.is_empty() => {
+                self.drop_conn(idx, DropReason::Timeout, now)
+            }
+            ConnState::Http => {
+                debug!(self.log, "request timeout"; "conn" => idx, "peer" => %conn.peer);
+                http::write_error(&mut conn.wbuf, Status::RequestTimeout, "", false, false);
+                start_closing(conn, now);
+                mark_dirty(&mut self.dirty, conn, idx);
+            }
+            ConnState::WebSocket(ws) if !ws.pinged => {
+                ws.pinged = true;
+                ws::encode_frame(&mut conn.wbuf, OpCode::Ping, b"chatd");
+                conn.deadline = now + self.config.ping_timeout;
+                mark_dirty(&mut self.dirty, conn, idx);
+            }
+            ConnState::WebSocket(_) => {
+                debug!(self.log, "idle timeout"; "conn" => idx, "peer" => %conn.peer);
+                self.close_ws(idx, Some(close_code::GOING_AWAY), "idle timeout", now);
+            }
+            ConnState::Closing { .. } => self.drop_conn(idx, DropReason::Timeout, now),
+        }
+    }
+
+    /// Writes every connection that has output queued, once.
+    fn flush_dirty(&mut self, now: Instant) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for idx in dirty.drain(..) {
+            let Some(conn) = self.conns.get_mut(idx) else { continue };
+            conn.dirty = false;
+            if !conn.writable {
+                continue; // the writable event will bring it back
+            }
+            match conn.flush() {
+                Ok(WriteOutcome::Drained) => conn.shutdown_write(),
+                Ok(WriteOutcome::WouldBlock) => {}
+                Err(e) => {
+                    debug!(self.log, "write failed"; "conn" => idx, "peer" => %conn.peer, "error" => %e);
+                    self.drop_conn(idx, DropReason::Error, now);
+                }
+            }
+        }
+        self.dirty = dirty;
+        // Dropping peers above may have produced actions (partner left); they go out next turn.
+        if !self.actions.is_empty() {
+            self.apply_actions(now);
+            if !self.dirty.is_empty() {
+                self.flush_dirty(now);
+            }
+        }
+    }
+
+    /// Handles the signals that arrived. Returns true when the loop must end at once.
+    fn handle_pending_signals(&mut self, now: Instant) -> bool {
+        let Some(signals) = &mut self.signals else { return false };
+        let pending: Vec<Signal> = signals.pending().collect();
+        for signal in pending {
+            match signal {
+                Signal::Terminate | Signal::Interrupt if self.shutdown_deadline.is_none() => {
+                    info!(self.log, "stopping"; "signal" => ?signal, "connections" => self.conns.len());
+                    self.begin_shutdown(now);
+                }
+                Signal::Interrupt => {
+                    warn!(self.log, "second interrupt: stopping now"; "connections" => self.conns.len());
+                    return true;
+                }
+                Signal::Terminate => {}
+                Signal::Reload => self.reload(),
+                Signal::Reopen => debug!(self.log, "nothing to reopen: logging to the terminal"),
+            }
+        }
+        false
+    }
+
+    fn begin_shutdown(&mut self, now: Instant) {
+        if let Some(mut l) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        self.accept_paused_until = None;
+        self.shutdown_deadline = Some(now + SHUTDOWN_TIMEOUT);
+        self.app.handle_shutdown(now, &mut self.actions);
+        self.apply_actions(now);
+        let open: Vec<usize> = self.conns.iter().map(|(idx, _)| idx).collect();
+        for idx in open {
+            let conn = &mut self.conns[idx];
+            match conn.state {
+                ConnState::WebSocket(_) => {
+                    self.close_ws(idx, Some(close_code::GOING_AWAY), "server shutting down", now)
+                }
+                ConnState::Http if conn.wbuf.is_empty() => {
+                    self.drop_conn(idx, DropReason::Closed, now)
+                }
+                ConnState::Http => start_closing(conn, now),
+                ConnState::Closing { .. } => {}
+            }
+        }
+        self.apply_actions(now);
+    }
+
+    fn reload(&mut self) {
+        let Some(path) = self.config.path.clone() else {
+            info!(self.log, "reload: running on built-in defaults, nothing to re-read");
+            return;
+        };
+        let mut new = match Config::load(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                error!(self.log, "reload failed, keeping the running configuration"; "error" => %e);
+                return;
+            }
+        };
+        let site = match &new.web_root {
+            Some(root) => match Site::load(root) {
+                Ok(s) => s,
+                Err(e) => {
+                    error!(self.log, "reload failed, keeping the running configuration"; "error" => %e);
+                    return;
+                }
+            },
+            None => Site::embedded(),
+        };
+        if new.listen != self.config.listen {
+            warn!(self.log, "`listen` changed: restart to apply"; "running" => %self.config.listen, "file" => %new.listen);
+            new.listen = self.config.listen;
+        }
+        if let Some(level) = &self.level {
+            level.set(new.log_level.to_slog());
+        }
+        for (_, conn) in self.conns.iter_mut() {
+            if let ConnState::WebSocket(ws) = &mut conn.state {
+                ws.session.set_max_message(new.max_message_bytes);
+            }
+        }
+        self.app.reconfigure(&new);
+        self.site = site;
+        self.config = new;
+        info!(self.log, "reloaded"; "file" => %path.display());
+    }
+}
+
+/// What the protocol handlers need besides the connection.
+struct Cx<'a, A> {
+    app: &'a mut A,
+    actions: &'a mut Vec<Action>,
+    site: &'a Site,
+    config: &'a Config,
+    log: &'a Logger,
+    now: Instant,
+    stopping: bool,
+}
+
+fn mark_dirty(dirty: &mut Vec<usize>, conn: &mut Conn, idx: usize) {
+    if !conn.dirty {
+        conn.dirty = true;
+        dirty.push(idx);
+    }
+}
+
+fn start_closing(conn: &mut Conn, now: Instant) {
+    conn.state = ConnState::Closing { shut: false };
+    conn.rbuf = Vec::new();
+    conn.deadline = now + CLOSE_LINGER;
+}
+
+/// Runs the connection's protocol over `input`. Returns how many bytes were consumed (leftover
+/// bytes are an incomplete request head or frame) and whether the WebSocket must now end.
+fn drive<A: App>(
+    cx: &mut Cx<'_, A>,
+    conn: &mut Conn,
+    id: PeerId,
+    idx: usize,
+    input: &mut [u8],
+) -> (usize, Option<End>) {
+    let mut pos = 0;
+    loop {
+        match &mut conn.state {
+            ConnState::Closing { .. } => return (input.len(), None),
+            ConnState::Http => match http::parse(&input[pos..]) {
+                Ok(None) => return (pos, None),
+                Ok(Some((n, req))) => {
+                    pos += n;
+                    respond(cx, conn, id, idx, &req);
+                }
+                Err(e) => {
+                    debug!(cx.log, "bad request"; "conn" => idx, "peer" => %conn.peer, "error" => %e);
+                    http::write_error(&mut conn.wbuf, e.status(), "", false, false);
+                    start_closing(conn, cx.now);
+                    return (input.len(), None);
+                }
+            },
+            ConnState::WebSocket(ws) => match ws.session.decode(&mut input[pos..]) {
+                Ok(None) => return (pos, None),
+                Ok(Some((n, event))) => {
+                    pos += n;
+                    match event {
+                        None | Some(Incoming::Pong) => {}
+                        Some(Incoming::Text(text)) => {
+                            cx.app.handle_event(cx.now, id, Event::Text(text), cx.actions)
+                        }
+                        Some(Incoming::Binary(data)) => {
+                            cx.app.handle_event(cx.now, id, Event::Binary(data), cx.actions)
+                        }
+                        Some(Incoming::Ping(payload)) => {
+                            ws::encode_frame(&mut conn.wbuf, OpCode::Pong, payload)
+                        }
+                        Some(Incoming::Close(code, _)) => {
+                            return (input.len(), Some(End::Answer(code)))
+                        }
+                    }
+                }
+                Err(e) => {
+                    debug!(cx.log, "websocket protocol error"; "conn" => idx, "peer" => %conn.peer, "error" => %e);
+                    return (input.len(), Some(End::Fail(e.close_code(), protocol_reason(e))));
+                }
+            },
+        }
+    }
+}
+
+fn protocol_reason(e: ws::ProtocolError) -> &'static str {
+    use ws::ProtocolError as P;
+    match e {
+        P::UnmaskedFrame => "client frames must be masked",
+        P::ReservedBits => "reserved bits set",
+        P::ReservedOpcode(_) => "reserved opcode",
+        P::ControlFrameTooBig => "control frame too long",
+        P::FragmentedControl => "fragmented control frame",
+        P::UnexpectedContinuation => "unexpected continuation frame",
+        P::ExpectedContinuation => "expected a continuation frame",
+        P::BadLength => "bad payload length",
+        P::CloseTooShort => "bad close payload",
+        P::BadCloseCode(_) => "invalid close code",
+        P::BadUtf8 => "invalid UTF-8",
+        P::MessageTooBig => "message too big",
+    }
+}
+
+/// Answers one complete request: a file, a health check, or the WebSocket upgrade.
+fn respond<A: App>(cx: &mut Cx<'_, A>, conn: &mut Conn, id: PeerId, idx: usize, req: &Request) {
+    let head_only = req.method == Method::Head;
+    let keep_alive = req.keep_alive();
+    let log = cx.log;
+    let peer = conn.peer;
+    if req.method == Method::Other {
+        debug!(log, "method not allowed"; "conn" => idx, "peer" => %peer);
+        http::write_error(
+            &mut conn.wbuf,
+            Status::MethodNotAllowed,
+            "Allow: GET, HEAD\r\n",
+            false,
+            false,
+        );
+        start_closing(conn, cx.now);
+        return;
+    }
+    match req.path() {
+        "/ws" => match ws::validate_upgrade(req, &cx.config.allowed_origins) {
+            Ok(accept) => {
+                use std::io::Write;
+                let _ = write!(
+                    conn.wbuf,
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                );
+                conn.state = ConnState::WebSocket(WsConn {
+                    session: Session::new(cx.config.max_message_bytes),
+                    pinged: false,
+                });
+                conn.deadline = cx.now + cx.config.idle_timeout;
+                debug!(log, "websocket open"; "conn" => idx, "peer" => %peer, "peer_id" => %id);
+                cx.app.handle_event(cx.now, id, Event::Open, cx.actions);
+            }
+            Err(e) => {
+                debug!(log, "upgrade refused"; "conn" => idx, "peer" => %peer, "error" => %e);
+                let (status, extra) = e.response();
+                http::write_error(&mut conn.wbuf, status, extra, head_only, false);
+                start_closing(conn, cx.now);
+            }
+        },
+        "/healthz" => {
+            let (status, body) = if cx.stopping {
+                (Status::ServiceUnavailable, "stopping\n")
+            } else {
+                (Status::Ok, "ok\n")
+            };
+            let extra = "Content-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\n";
+            http::write_response(
+                &mut conn.wbuf,
+                status,
+                extra,
+                body.as_bytes(),
+                head_only,
+                keep_alive,
+            );
+            after_response(conn, cx, keep_alive);
+        }
+        path => match http::resolve_path(path) {
+            Err(e) => {
+                debug!(log, "bad path"; "conn" => idx, "peer" => %peer, "error" => %e);
+                http::write_error(&mut conn.wbuf, e.status(), "", head_only, false);
+                start_closing(conn, cx.now);
+            }
+            Ok(key) => match cx.site.get(&key) {
+                Some(asset) => {
+                    let fresh = req.header("if-none-match").is_some_and(|v| {
+                        v.split(',').any(|t| {
+                            t.trim().trim_start_matches("W/") == asset.etag || t.trim() == "*"
+                        })
+                    });
+                    if fresh {
+                        http::write_response(
+                            &mut conn.wbuf,
+                            Status::NotModified,
+                            &asset.headers,
+                            &asset.body,
+                            true,
+                            keep_alive,
+                        );
+                    } else {
+                        http::write_response(
+                            &mut conn.wbuf,
+                            Status::Ok,
+                            &asset.headers,
+                            &asset.body,
+                            head_only,
+                            keep_alive,
+                        );
+                    }
+                    after_response(conn, cx, keep_alive);
+                }
+                None => {
+                    http::write_error(&mut conn.wbuf, Status::NotFound, "", head_only, keep_alive);
+                    after_response(conn, cx, keep_alive);
+                }
+            },
+        },
+    }
+}
+
+fn after_response<A>(conn: &mut Conn, cx: &Cx<'_, A>, keep_alive: bool) {
+    if keep_alive {
+        conn.deadline = cx.now + cx.config.handshake_timeout;
+    } else {
+        start_closing(conn, cx.now);
+    }
+}
