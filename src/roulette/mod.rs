@@ -1,0 +1,1512 @@
+//! The roulette: the chat product behind the [`App`] seam. Pairs strangers, relays their
+//! messages and typing state, tells each side when the other leaves, and enforces the `[chat]`
+//! limits. Sans-IO and deterministic (STYLE R1, R10): events and `now` in, actions out.
+//!
+//! - [`protocol`]: the JSON messages and [`ProtocolError`], the one error enum of this layer.
+//! - [`matchmaker`]: the queue and the pairing rules (interests, timeouts, cooldown).
+//! - This file: per-connection state ([`Roulette`] keeps a `HashMap<PeerId, Peer>` of about
+//!   100 bytes each), rate limits, the chat lifecycle and the online count.
+//!
+//! # Connection state
+//! `Idle -> Searching -> Chatting(partner) -> Idle`, plus `Closing` once the roulette itself has
+//! asked the server to close the connection (binary frame, abuse). Every way out of a chat
+//! (`leave`, a skip, a disconnect, a close, shutdown) goes through one function that resets
+//! both sides' typing state and tells the partner who stays `partner_left` with the reason, so
+//! a stale typing indicator cannot survive the chat (the client clears it on `partner_left`).
+//!
+//! # Limits
+//! Three token buckets per connection, each `(tokens, last refill)`:
+//! - messages and typing events: `chat.rate_burst`, refilled at `chat.rate_per_second`. Typing
+//!   events that do not change the state are dropped for free (clients may send one per key
+//!   press) and `typing:false` is free because it can only follow a `typing:true` that paid,
+//!   so the stop is never lost to the rate limit.
+//! - searches (each skip makes two people's clients work): [`SEARCH_BURST`] refilled at
+//!   [`SEARCH_PER_SECOND`].
+//! - errors: every `error` reply costs a token from [`ERROR_BURST`] refilled at
+//!   [`ERROR_PER_SECOND`]; when none is left the connection is closed with 1008. A person who
+//!   trips over an error now and then never gets near it; a script that floods invalid or
+//!   over-the-rate messages is cut off after about [`ERROR_BURST`] of them.
+use std::{collections::HashMap, time::Instant};
+
+use self::{
+    matchmaker::{Match, Matchmaker},
+    protocol::{ClientMessage, Interests, LeaveReason, ProtocolError, ServerMessage},
+};
+use crate::{
+    app::{Action, App, Event, Message, PeerId},
+    config::ChatConfig,
+};
+
+pub mod matchmaker;
+pub mod protocol;
+
+/// Close code for a binary frame: the protocol is JSON text only (RFC 6455 §7.4.1).
+pub const CLOSE_UNSUPPORTED_DATA: u16 = 1003;
+
+/// Close code for sustained abuse: the error budget ran out (RFC 6455 §7.4.1).
+pub const CLOSE_POLICY_VIOLATION: u16 = 1008;
+
+/// Error replies a connection may get in a burst before it is closed with 1008.
+pub const ERROR_BURST: u32 = 20;
+
+/// Refill rate of the error budget: one error per second can go on forever.
+pub const ERROR_PER_SECOND: f64 = 1.0;
+
+/// Searches (including skips) a connection may send in a burst.
+pub const SEARCH_BURST: u32 = 20;
+
+/// Refill rate of the search budget: a skip per second, sustained.
+pub const SEARCH_PER_SECOND: f64 = 1.0;
+
+const REASON_BINARY: &str = "binary messages are not supported";
+const REASON_ABUSE: &str = "too many invalid or rate-limited messages";
+
+/// Counters for metrics. `online` includes connections the roulette is closing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouletteStats {
+    /// Open connections (after `Open`, until `Closed`).
+    pub online: usize,
+    /// People in the waiting queue.
+    pub searching: usize,
+    /// Chats going on (each has two people).
+    pub pairs: usize,
+}
+
+/// Where a connection is in the chat lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChatState {
+    /// Connected, neither searching nor chatting.
+    Idle,
+    /// In the matchmaker's queue.
+    Searching,
+    /// In a chat with the partner.
+    Chatting(PeerId),
+    /// The roulette has asked the server to close it; every event but `Closed` is ignored.
+    Closing,
+}
+
+/// A token bucket: `tokens` up to a burst, refilled continuously from `at`. The rate and burst
+/// are passed in on each use, so a config reload applies to live connections at once.
+#[derive(Debug, Clone, Copy)]
+struct TokenBucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    fn full(now: Instant, burst: u32) -> TokenBucket {
+        TokenBucket { tokens: f64::from(burst), at: now }
+    }
+
+    /// Takes one token if there is one.
+    fn try_take(&mut self, now: Instant, per_second: f64, burst: u32) -> bool {
+        let burst = f64::from(burst.max(1));
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * per_second).min(burst);
+        self.at = self.at.max(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// One connection's state.
+#[derive(Debug)]
+struct Peer {
+    state: ChatState,
+    /// The typing state last relayed to the partner; reset when a chat starts or ends and when
+    /// a message is relayed (the receiving client clears the indicator on a message).
+    typing: bool,
+    messages: TokenBucket,
+    searches: TokenBucket,
+    errors: TokenBucket,
+}
+
+impl Peer {
+    fn new(now: Instant, config: &ChatConfig) -> Peer {
+        Peer {
+            state: ChatState::Idle,
+            typing: false,
+            messages: TokenBucket::full(now, config.rate_burst),
+            searches: TokenBucket::full(now, SEARCH_BURST),
+            errors: TokenBucket::full(now, ERROR_BURST),
+        }
+    }
+}
+
+/// The last online count broadcast, for coalescing.
+#[derive(Debug, Default)]
+struct OnlineCount {
+    /// The count last broadcast (0 before the first).
+    sent: usize,
+    /// When it was broadcast; the first `Open` counts as the first broadcast.
+    sent_at: Option<Instant>,
+}
+
+/// The chat roulette application. See the module documentation.
+#[derive(Debug)]
+pub struct Roulette {
+    config: ChatConfig,
+    peers: HashMap<PeerId, Peer>,
+    matchmaker: Matchmaker,
+    pairs: usize,
+    online: OnlineCount,
+    /// `handle_shutdown` ran: no more matching, no more online broadcasts.
+    is_draining: bool,
+}
+
+impl Roulette {
+    /// A roulette with nobody connected yet.
+    pub fn new(config: ChatConfig) -> Roulette {
+        Roulette {
+            matchmaker: Matchmaker::new(config.interest_timeout, config.rematch_cooldown),
+            config,
+            peers: HashMap::new(),
+            pairs: 0,
+            online: OnlineCount::default(),
+            is_draining: false,
+        }
+    }
+
+    /// Applies a reloaded `[chat]` table. Live connections get the new limits at once: message
+    /// length and rate on their next message, the interest timeout and cooldown for people
+    /// already waiting (counted from when they started searching or parted), the online
+    /// interval from the last broadcast.
+    pub fn set_config(&mut self, config: ChatConfig) {
+        self.matchmaker.set_limits(config.interest_timeout, config.rematch_cooldown);
+        self.config = config;
+    }
+
+    /// Counters for metrics.
+    pub fn stats(&self) -> RouletteStats {
+        RouletteStats {
+            online: self.peers.len(),
+            searching: self.matchmaker.len(),
+            pairs: self.pairs,
+        }
+    }
+
+    fn handle_open(&mut self, now: Instant, peer: PeerId, out: &mut Vec<Action>) {
+        if self.peers.contains_key(&peer) {
+            return; // A repeated Open is a server bug; the first one counted.
+        }
+        self.peers.insert(peer, Peer::new(now, &self.config));
+        if self.online.sent_at.is_none() {
+            // The first person is told the count by the welcome, and nobody else is here: that
+            // counts as the first broadcast and starts the interval.
+            self.online = OnlineCount { sent: self.peers.len(), sent_at: Some(now) };
+        }
+        let welcome = ServerMessage::Welcome {
+            online: self.peers.len(),
+            max_message_chars: self.config.max_message_chars,
+        };
+        send(out, peer, &welcome);
+    }
+
+    fn handle_text(&mut self, now: Instant, peer: PeerId, text: &str, out: &mut Vec<Action>) {
+        match self.peers.get(&peer) {
+            Some(p) if p.state != ChatState::Closing => {}
+            // Unknown (before Open, after Closed) or being closed: nothing to say.
+            _ => return,
+        }
+        let result =
+            ClientMessage::parse(text).and_then(|msg| self.handle_message(now, peer, msg, out));
+        if let Err(e) = result {
+            self.reply_error(now, peer, &e, out);
+        }
+    }
+
+    fn handle_message(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        msg: ClientMessage<'_>,
+        out: &mut Vec<Action>,
+    ) -> protocol::Result<()> {
+        match msg {
+            ClientMessage::Search { interests } => self.handle_search(now, peer, interests, out),
+            ClientMessage::Message { text } => self.handle_chat_message(now, peer, &text, out),
+            ClientMessage::Typing { active } => self.handle_typing(now, peer, active, out),
+            ClientMessage::Leave => {
+                self.end_activity(now, peer, LeaveReason::Left, out);
+                Ok(())
+            }
+        }
+    }
+
+    /// `search`: from Idle starts a search; from Searching keeps the place and updates the
+    /// interests; from Chatting skips (the partner is told `next`). Always answered with
+    /// `searching` before any `matched`, so a client can tell a stale `matched` from a new one.
+    fn handle_search(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        interests: Interests,
+        out: &mut Vec<Action>,
+    ) -> protocol::Result<()> {
+        let Some(p) = self.peers.get_mut(&peer) else { return Ok(()) };
+        if !p.searches.try_take(now, SEARCH_PER_SECOND, SEARCH_BURST) {
+            return Err(ProtocolError::RateLimited);
+        }
+        if let ChatState::Chatting(partner) = p.state {
+            self.end_chat(now, peer, partner, LeaveReason::Next, out);
+        }
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.state = ChatState::Searching;
+        }
+        send(out, peer, &ServerMessage::Searching);
+        if self.is_draining {
+            return Ok(()); // The server is closing everyone; do not start chats now.
+        }
+        if let Some(m) = self.matchmaker.handle_search(now, peer, interests) {
+            self.start_chat(m, out);
+        }
+        Ok(())
+    }
+
+    /// `message`: checked in the order in chat, length, not empty, rate; then relayed to the
+    /// partner only (no echo: the sender's client shows its own line).
+    fn handle_chat_message(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        text: &str,
+        out: &mut Vec<Action>,
+    ) -> protocol::Result<()> {
+        let Some(p) = self.peers.get_mut(&peer) else { return Ok(()) };
+        let ChatState::Chatting(partner) = p.state else {
+            return Err(ProtocolError::NotInChat);
+        };
+        let max = self.config.max_message_chars;
+        // `nth(max)` exists iff there are more than `max` scalar values; stops early.
+        if text.chars().nth(max).is_some() {
+            return Err(ProtocolError::MessageTooLong { max });
+        }
+        if text.trim().is_empty() {
+            return Err(ProtocolError::EmptyMessage);
+        }
+        if !p.messages.try_take(now, self.config.rate_per_second, self.config.rate_burst) {
+            return Err(ProtocolError::RateLimited);
+        }
+        p.typing = false;
+        send(out, partner, &ServerMessage::Message { text });
+        Ok(())
+    }
+
+    /// `typing`: relayed only when it changes the state; `true` costs a token, `false` is free.
+    fn handle_typing(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        active: bool,
+        out: &mut Vec<Action>,
+    ) -> protocol::Result<()> {
+        let Some(p) = self.peers.get_mut(&peer) else { return Ok(()) };
+        let ChatState::Chatting(partner) = p.state else {
+            return Err(ProtocolError::NotInChat);
+        };
+        if p.typing == active {
+            return Ok(());
+        }
+        if active && !p.messages.try_take(now, self.config.rate_per_second, self.config.rate_burst)
+        {
+            return Err(ProtocolError::RateLimited);
+        }
+        p.typing = active;
+        send(out, partner, &ServerMessage::Typing { active });
+        Ok(())
+    }
+
+    /// Leaves whatever `peer` is doing: ends its chat (telling the partner `reason`) or cancels
+    /// its search. Idle and Closing stay as they are; otherwise `peer` becomes Idle.
+    fn end_activity(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        reason: LeaveReason,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(p) = self.peers.get_mut(&peer) else { return };
+        match p.state {
+            ChatState::Chatting(partner) => self.end_chat(now, peer, partner, reason, out),
+            ChatState::Searching => {
+                p.state = ChatState::Idle;
+                self.matchmaker.cancel(peer);
+            }
+            ChatState::Idle | ChatState::Closing => {}
+        }
+    }
+
+    /// Ends the chat between `peer` (who caused it) and `partner` (who is told `reason`). Both
+    /// become Idle with their typing state reset, and the cooldown starts.
+    fn end_chat(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        partner: PeerId,
+        reason: LeaveReason,
+        out: &mut Vec<Action>,
+    ) {
+        for (me, other) in [(peer, partner), (partner, peer)] {
+            if let Some(p) = self.peers.get_mut(&me) {
+                if p.state == ChatState::Chatting(other) {
+                    p.state = ChatState::Idle;
+                }
+                p.typing = false;
+            }
+        }
+        self.pairs = self.pairs.saturating_sub(1);
+        send(out, partner, &ServerMessage::PartnerLeft { reason });
+        self.matchmaker.handle_parting(now, peer, partner);
+    }
+
+    /// Starts the chat the matchmaker made; both are told what they share.
+    fn start_chat(&mut self, m: Match, out: &mut Vec<Action>) {
+        for (me, other) in [(m.waiting, m.searcher), (m.searcher, m.waiting)] {
+            if let Some(p) = self.peers.get_mut(&me) {
+                // The matchmaker only holds Searching peers: every way out of Searching cancels.
+                debug_assert_eq!(p.state, ChatState::Searching);
+                p.state = ChatState::Chatting(other);
+                p.typing = false;
+            }
+        }
+        self.pairs += 1;
+        let text = ServerMessage::Matched { common_interests: &m.common_interests }.encode();
+        for to in [m.waiting, m.searcher] {
+            out.push(Action::Send { to, message: Message::Text(text.clone()) });
+        }
+    }
+
+    /// Asks the server to close `peer` and leaves its chat or search at once: its partner must
+    /// not wait for the close handshake to learn that it is gone.
+    fn close(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        code: u16,
+        reason: &'static str,
+        out: &mut Vec<Action>,
+    ) {
+        self.end_activity(now, peer, LeaveReason::Disconnected, out);
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.state = ChatState::Closing;
+        }
+        out.push(Action::Close { peer, code, reason });
+    }
+
+    fn handle_closed(&mut self, now: Instant, peer: PeerId, out: &mut Vec<Action>) {
+        self.end_activity(now, peer, LeaveReason::Disconnected, out);
+        self.peers.remove(&peer);
+    }
+
+    /// Answers a refused request with `error`, or closes with 1008 if the error budget is spent.
+    fn reply_error(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        e: &ProtocolError,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(p) = self.peers.get_mut(&peer) else { return };
+        if p.errors.try_take(now, ERROR_PER_SECOND, ERROR_BURST) {
+            let message = e.to_string();
+            send(out, peer, &ServerMessage::Error { code: e.code(), message: &message });
+        } else {
+            self.close(now, peer, CLOSE_POLICY_VIOLATION, REASON_ABUSE, out);
+        }
+    }
+
+    /// When the next `online` broadcast is due: only while the count differs from the last one
+    /// sent, and at most once per `online_interval`.
+    fn online_due(&self) -> Option<Instant> {
+        if self.is_draining || self.peers.len() == self.online.sent {
+            return None;
+        }
+        self.online.sent_at?.checked_add(self.config.online_interval)
+    }
+}
+
+impl App for Roulette {
+    fn handle_event(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        event: Event<'_>,
+        out: &mut Vec<Action>,
+    ) {
+        match event {
+            Event::Open => self.handle_open(now, peer, out),
+            Event::Text(text) => self.handle_text(now, peer, text, out),
+            Event::Binary(_) => {
+                let is_live = self.peers.get(&peer).is_some_and(|p| p.state != ChatState::Closing);
+                if is_live {
+                    self.close(now, peer, CLOSE_UNSUPPORTED_DATA, REASON_BINARY, out);
+                }
+            }
+            Event::Closed => self.handle_closed(now, peer, out),
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        match (self.online_due(), self.matchmaker.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if self.online_due().is_some_and(|due| now >= due) {
+            let count = self.peers.len();
+            out.push(Action::Broadcast { text: ServerMessage::Online { count }.encode() });
+            self.online = OnlineCount { sent: count, sent_at: Some(now) };
+        }
+        let mut matches = Vec::new();
+        self.matchmaker.handle_timeout(now, &mut matches);
+        for m in matches {
+            self.start_chat(m, out);
+        }
+    }
+
+    /// Applies the reloaded `[chat]` table (see [`Roulette::set_config`]).
+    fn reconfigure(&mut self, config: &crate::config::Config) {
+        self.set_config(config.chat.clone());
+    }
+
+    /// Tells everyone in a chat `partner_left {reason: "shutdown"}` (in `PeerId` order, for
+    /// determinism), empties the queue and stops matching and online broadcasts.
+    fn handle_shutdown(&mut self, _now: Instant, out: &mut Vec<Action>) {
+        self.is_draining = true;
+        let mut chatting: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| matches!(p.state, ChatState::Chatting(_)))
+            .map(|(&id, _)| id)
+            .collect();
+        chatting.sort_unstable();
+        let text = ServerMessage::PartnerLeft { reason: LeaveReason::Shutdown }.encode();
+        for to in chatting {
+            out.push(Action::Send { to, message: Message::Text(text.clone()) });
+        }
+        for p in self.peers.values_mut() {
+            if matches!(p.state, ChatState::Chatting(_) | ChatState::Searching) {
+                p.state = ChatState::Idle;
+            }
+            p.typing = false;
+        }
+        self.pairs = 0;
+        self.matchmaker.clear();
+    }
+}
+
+fn send(out: &mut Vec<Action>, to: PeerId, msg: &ServerMessage<'_>) {
+    out.push(Action::Send { to, message: Message::Text(msg.encode()) });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::{BTreeSet, HashMap, VecDeque},
+        time::Duration,
+    };
+
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    /// A fake server in the manner of quinn's `Pair`/`drive`: delivers events at a fake clock,
+    /// runs timers when due, and routes actions into per-peer inboxes.
+    struct Driver {
+        app: Roulette,
+        base: Instant,
+        now: Instant,
+        open: BTreeSet<PeerId>,
+        inbox: HashMap<PeerId, VecDeque<Value>>,
+        closes: Vec<(PeerId, u16)>,
+        broadcasts: Vec<Value>,
+    }
+
+    fn id(n: u32) -> PeerId {
+        PeerId::new(0, 0, n)
+    }
+
+    /// The defaults, except that online broadcasts are rare so they do not clutter inboxes.
+    fn quiet_config() -> ChatConfig {
+        ChatConfig { online_interval: Duration::from_secs(3600), ..ChatConfig::default() }
+    }
+
+    impl Driver {
+        fn new() -> Driver {
+            Driver::with(quiet_config())
+        }
+
+        fn with(config: ChatConfig) -> Driver {
+            let base = Instant::now();
+            Driver {
+                app: Roulette::new(config),
+                base,
+                now: base,
+                open: BTreeSet::new(),
+                inbox: HashMap::new(),
+                closes: Vec::new(),
+                broadcasts: Vec::new(),
+            }
+        }
+
+        fn apply(&mut self, actions: Vec<Action>) {
+            for a in actions {
+                match a {
+                    Action::Send { to, message: Message::Text(text) } => {
+                        // Actions to a peer that is gone are dropped, as the server does.
+                        if self.open.contains(&to) {
+                            let v: Value = serde_json::from_str(&text).expect("valid JSON out");
+                            self.inbox.entry(to).or_default().push_back(v);
+                        }
+                    }
+                    Action::Send { message: Message::Binary(_), .. } => {
+                        panic!("the roulette never sends binary")
+                    }
+                    Action::Broadcast { text } => {
+                        let v: Value = serde_json::from_str(&text).expect("valid JSON out");
+                        self.broadcasts.push(v.clone());
+                        for &to in &self.open {
+                            self.inbox.entry(to).or_default().push_back(v.clone());
+                        }
+                    }
+                    Action::Close { peer, code, reason } => {
+                        assert!(reason.len() <= 123);
+                        self.closes.push((peer, code));
+                    }
+                }
+            }
+            self.check();
+        }
+
+        /// Runs `handle_timeout` while a timer is due, like the server loop.
+        fn run_timers(&mut self) {
+            for _ in 0..1000 {
+                match self.app.poll_timeout() {
+                    Some(t) if t <= self.now => {
+                        let mut out = Vec::new();
+                        self.app.handle_timeout(self.now, &mut out);
+                        self.apply(out);
+                    }
+                    _ => return,
+                }
+            }
+            panic!("poll_timeout stays in the past");
+        }
+
+        fn event(&mut self, n: u32, event: Event<'_>) {
+            let mut out = Vec::new();
+            self.app.handle_event(self.now, id(n), event, &mut out);
+            self.apply(out);
+            self.run_timers();
+        }
+
+        fn open(&mut self, n: u32) {
+            self.open.insert(id(n));
+            self.event(n, Event::Open);
+        }
+
+        /// Opens `n` and drops its welcome.
+        fn join(&mut self, n: u32) {
+            self.open(n);
+            assert_eq!(self.recv(n)[0]["type"], "welcome");
+        }
+
+        fn closed(&mut self, n: u32) {
+            self.event(n, Event::Closed);
+            self.open.remove(&id(n));
+            self.inbox.remove(&id(n));
+        }
+
+        fn text(&mut self, n: u32, text: &str) {
+            self.event(n, Event::Text(text));
+        }
+
+        fn send(&mut self, n: u32, v: Value) {
+            self.text(n, &v.to_string());
+        }
+
+        fn search(&mut self, n: u32) {
+            self.send(n, json!({"type":"search"}));
+        }
+
+        fn search_with(&mut self, n: u32, interests: &[&str]) {
+            self.send(n, json!({"type":"search","interests":interests}));
+        }
+
+        fn say(&mut self, n: u32, text: &str) {
+            self.send(n, json!({"type":"message","text":text}));
+        }
+
+        fn typing(&mut self, n: u32, active: bool) {
+            self.send(n, json!({"type":"typing","active":active}));
+        }
+
+        fn leave(&mut self, n: u32) {
+            self.send(n, json!({"type":"leave"}));
+        }
+
+        /// Moves the clock to `secs` after the start and runs what is due.
+        fn at(&mut self, secs: f64) {
+            let t = self.base + Duration::from_secs_f64(secs);
+            assert!(t >= self.now, "the clock does not go back");
+            self.now = t;
+            self.run_timers();
+        }
+
+        fn recv(&mut self, n: u32) -> Vec<Value> {
+            self.inbox.get_mut(&id(n)).map(|q| q.drain(..).collect()).unwrap_or_default()
+        }
+
+        /// The types of everything `n` received, drained.
+        fn types(&mut self, n: u32) -> Vec<String> {
+            self.recv(n).iter().map(|v| v["type"].as_str().unwrap_or("?").to_owned()).collect()
+        }
+
+        /// The codes of the errors `n` received; fails on anything else.
+        fn errors(&mut self, n: u32) -> Vec<String> {
+            self.recv(n)
+                .iter()
+                .map(|v| {
+                    assert_eq!(v["type"], "error", "{v}");
+                    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()));
+                    v["code"].as_str().unwrap_or("?").to_owned()
+                })
+                .collect()
+        }
+
+        /// Searches with `a` then `b`, who must pair, and clears both inboxes.
+        fn pair(&mut self, a: u32, b: u32) {
+            self.search(a);
+            self.search(b);
+            assert_eq!(self.types(a), ["searching", "matched"]);
+            assert_eq!(self.types(b), ["searching", "matched"]);
+        }
+
+        fn partner_of(&self, n: u32) -> Option<PeerId> {
+            match self.app.peers.get(&id(n))?.state {
+                ChatState::Chatting(p) => Some(p),
+                _ => None,
+            }
+        }
+
+        /// The roulette's own invariants, checked after every step.
+        fn check(&self) {
+            let app = &self.app;
+            let mut chatting = 0;
+            for (&me, p) in &app.peers {
+                match p.state {
+                    ChatState::Chatting(other) => {
+                        chatting += 1;
+                        assert_ne!(me, other);
+                        assert_eq!(app.peers[&other].state, ChatState::Chatting(me));
+                        assert!(!app.matchmaker.is_waiting(me));
+                    }
+                    ChatState::Searching => {
+                        assert!(app.is_draining || app.matchmaker.is_waiting(me))
+                    }
+                    ChatState::Idle | ChatState::Closing => {
+                        assert!(!app.matchmaker.is_waiting(me))
+                    }
+                }
+                if !matches!(p.state, ChatState::Chatting(_)) {
+                    assert!(!p.typing);
+                }
+            }
+            assert_eq!(chatting, 2 * app.pairs);
+            assert!(app.matchmaker.len() <= app.peers.len());
+        }
+    }
+
+    #[test]
+    fn per_peer_state_is_small() {
+        // Many thousands of peers: the per-connection state stays around 100 bytes.
+        assert!(std::mem::size_of::<Peer>() <= 112, "{}", std::mem::size_of::<Peer>());
+    }
+
+    #[test]
+    fn welcome_on_open() {
+        let mut d = Driver::new();
+        d.open(1);
+        assert_eq!(d.recv(1), [json!({"type":"welcome","online":1,"max_message_chars":2000})]);
+        d.open(2);
+        assert_eq!(d.recv(2), [json!({"type":"welcome","online":2,"max_message_chars":2000})]);
+        assert_eq!(d.app.stats(), RouletteStats { online: 2, searching: 0, pairs: 0 });
+    }
+
+    #[test]
+    fn two_searchers_are_paired() {
+        let mut d = Driver::new();
+        d.join(1);
+        d.join(2);
+        d.search(1);
+        assert_eq!(d.recv(1), [json!({"type":"searching"})]);
+        assert_eq!(d.app.stats().searching, 1);
+        d.search(2);
+        assert_eq!(
+            d.recv(2),
+            [json!({"type":"searching"}), json!({"type":"matched","common_interests":[]})]
+        );
+        assert_eq!(d.recv(1), [json!({"type":"matched","common_interests":[]})]);
+        assert_eq!(d.app.stats(), RouletteStats { online: 2, searching: 0, pairs: 1 });
+        assert_eq!(d.partner_of(1), Some(id(2)));
+    }
+
+    #[test]
+    fn messages_go_to_the_partner_only_without_echo() {
+        let mut d = Driver::new();
+        for n in 1..=3 {
+            d.join(n);
+        }
+        d.pair(1, 2);
+        d.say(1, "hello <b>there</b> \"quoted\"\n\u{1F600}");
+        assert_eq!(
+            d.recv(2),
+            [json!({"type":"message","text":"hello <b>there</b> \"quoted\"\n\u{1F600}"})]
+        );
+        assert!(d.recv(1).is_empty(), "no echo");
+        assert!(d.recv(3).is_empty(), "no leak to a bystander");
+        d.say(2, "  hi back  ");
+        assert_eq!(d.recv(1), [json!({"type":"message","text":"  hi back  "})]);
+    }
+
+    #[test]
+    fn typing_is_relayed_on_change_only() {
+        let mut d = Driver::new();
+        d.join(1);
+        d.join(2);
+        d.pair(1, 2);
+        d.typing(1, true);
+        d.typing(1, true);
+        d.typing(1, true);
+        assert_eq!(d.recv(2), [json!({"type":"typing","active":true})]);
+        d.typing(1, false);
+        d.typing(1, false);
+        assert_eq!(d.recv(2), [json!({"type":"typing","active":false})]);
+        assert!(d.recv(1).is_empty());
+        // A message clears the typing state, so the next keystroke is relayed again.
+        d.typing(1, true);
+        d.say(1, "done");
+        d.typing(1, true);
+        assert_eq!(d.types(2), ["typing", "message", "typing"]);
+    }
+
+    #[test]
+    fn typing_false_is_never_rate_limited() {
+        let mut d = Driver::with(ChatConfig { rate_burst: 1, ..quiet_config() });
+        d.join(1);
+        d.join(2);
+        d.pair(1, 2);
+        d.typing(1, true); // takes the only token
+        d.typing(1, false); // free
+        assert_eq!(d.types(2), ["typing", "typing"]);
+        d.typing(1, true); // no token left
+        assert_eq!(d.errors(1), ["rate_limited"]);
+        assert!(d.recv(2).is_empty());
+        d.typing(1, false); // not a change: dropped silently
+        assert!(d.recv(1).is_empty() && d.recv(2).is_empty());
+    }
+
+    #[test]
+    fn skip_tells_the_partner_next_and_rematches_someone_else() {
+        let mut d = Driver::new();
+        for n in 1..=4 {
+            d.join(n);
+        }
+        d.pair(1, 2);
+        d.search(1); // skip
+        assert_eq!(d.recv(2), [json!({"type":"partner_left","reason":"next"})]);
+        assert_eq!(d.recv(1), [json!({"type":"searching"})]);
+        assert_eq!(d.app.stats(), RouletteStats { online: 4, searching: 1, pairs: 0 });
+        // The one left behind searches too: not paired again with the skipper (cooldown).
+        d.search(2);
+        assert_eq!(d.types(2), ["searching"]);
+        assert_eq!(d.types(1), Vec::<String>::new());
+        // Newcomers are paired with them instead, the longest waiting first.
+        d.search(3);
+        assert_eq!(d.types(3), ["searching", "matched"]);
+        assert_eq!(d.partner_of(3), Some(id(1)));
+        d.search(4);
+        assert_eq!(d.partner_of(4), Some(id(2)));
+    }
+
+    #[test]
+    fn leave_tells_the_partner_left() {
+        let mut d = Driver::new();
+        d.join(1);
+        d.join(2);
+        d.pair(1, 2);
+        d.leave(1);
+        assert_eq!(d.recv(2), [json!({"type":"partner_left","reason":"left"})]);
+        assert!(d.recv(1).is_empty());
+        assert_eq!(d.app.stats().pairs, 0);
+        // Leave when idle is a no-op, not an error.
+        d.leave(1);
+        d.leave(2);
+        assert!(d.recv(1).is_empty() && d.recv(2).is_empty());
+    }
+
+    #[test]
+    fn leave_cancels_a_search() {
+        let mut d = Driver::new();
+        for n in 1..=3 {
+            d.join(n);
+        }
+        d.search(1);
+        d.leave(1);
+        assert_eq!(d.app.stats().searching, 0);
+        d.search(2);
+        assert_eq!(d.types(2), ["searching"]);
+        d.search(3);
+        assert_eq!(d.partner_of(3), Some(id(2)));
+        assert_eq!(d.types(1), ["searching"]);
+    }
+
+    #[test]
+    fn disconnect_tells_the_partner_disconnected() {
+        let mut d = Driver::new();
+        d.join(1);
+        d.join(2);
+        d.pair(1, 2);
+        d.closed(1);
+        assert_eq!(d.recv(2), [json!({"type":"partner_left","reason":"disconnected"})]);
+        assert_eq!(d.app.stats(), RouletteStats { online: 1, searching: 0, pairs: 0 });
+        // Messages now get not_in_chat.
+        d.say(2, "hello?");
+        assert_eq!(d.errors(2), ["not_in_chat"]);
+    }
+
+    #[test]
+    fn a_searcher_who_disconnects_leaves_the_queue() {
+        let mut d = Driver::new();
+        for n in 1..=3 {
+            d.join(n);
+        }
+        d.search(1);
+        d.closed(1);
+        assert_eq!(d.app.stats().searching, 0);
+        d.search(2);
+        assert_eq!(d.types(2), ["searching"]);
+        d.search(3);
+        assert_eq!(d.partner_of(2), Some(id(3)));
+    }
+
+    #[test]
+    fn shared_interests_are_preferred_and_reported() {
+        let mut d = Driver::new();
+        for n in 1..=3 {
+            d.join(n);
+        }
+        d.search(1);
+        d.search_with(2, &["Music", "chess"]);
+        assert_eq!(d.types(2), ["searching"], "a picky searcher does not take just anyone");
+        d.search_with(3, &["books", " MUSIC ", "chess"]);
+        assert_eq!(d.recv(3)[1], json!({"type":"matched","common_interests":["chess","music"]}));
+        assert_eq!(d.recv(2), [json!({"type":"matched","common_interests":["chess","music"]})]);
+        assert_eq!(d.types(1), ["searching"]);
+    }
+
+    #[test]
+    fn interest_timeout_falls_back_to_anyone() {
+        let mut d = Driver::new();
+        d.join(1);
+        d.join(2);
+        d.search_with(1, &["music"]);
+        d.at(1.0);
+        d.search(2);
+        assert_eq!(d.types(2), ["searching"]);
+        assert_eq!(d.app.poll_timeout(), Some(d.base + Duration::from_secs(5)));
+        d.at(4.999);
+        assert!(d.recv(1).len() == 1 && d.recv(2).is_empty());
+        d.at(5.0);
+        assert_eq!(d.recv(1), [json!({"type":"matched","common_interests":[]})]);
+        assert_eq!(d.recv(2), [json!({"type":"matched","common_interests":[]})]);
+    }
+
+    #[test]
+    fn both_skip_at_once_and_meet_again_only_after_the_cooldown() {
+        let mut d = Driver::new();
+        d.join(1);
+        d.join(2);
+        d.pair(1, 2);
+        // Both press "next" at the same moment: the second search is processed after the first
+        // ended the chat, so it arrives from Idle, not as a skip.
+        d.search(1);
+        d.search(2);
+        assert_eq!(d.types(1), ["searching"]);
+        assert_eq!(d.types(2), ["partner_left", "searching"]);
+        assert_eq!(d.app.stats(), RouletteStats { online: 2, searching: 2, pairs: 0 });
+        assert_eq!(d.app.poll_timeout(), Some(d.base + Duration::from_secs(10)));
+        d.at(9.9);
+        assert!(d.recv(1).is_empty() && d.recv(2).is_empty());
+        d.at(10.0);
+        assert_eq!(d.types(1), ["matched"]);
+        assert_eq!(d.types(2), ["matched"]);
+    }
+
+    #[test]
+    fn three_and_more_peers() {
+        let mut d = Driver::new();
+        for n in 1..=7 {
+            d.join(n);
+            d.search(n);
+        }
+        for (a, b) in [(1, 2), (3, 4), (5, 6)] {
+            assert_eq!(d.partner_of(a), Some(id(b)));
+        }
+        assert_eq!(d.app.stats(), RouletteStats { online: 7, searching: 1, pairs: 3 });
+        for n in 1..=7 {
+            d.recv(n);
+        }
+        for n in 1..=6 {
+            d.say(n, &format!("from {n}"));
+        }
+        for (a, b) in [(1, 2), (3, 4), (5, 6)] {
+            assert_eq!(d.recv(a), [json!({"type":"message","text":format!("from {b}")})]);
+            assert_eq!(d.recv(b), [json!({"type":"message","text":format!("from {a}")})]);
+        }
+        // 3 skips: 4 is told, 3 takes the waiting 7.
+        d.search(3);
+        assert_eq!(d.types(4), ["partner_left"]);
+        assert_eq!(d.partner_of(3), Some(id(7)));
+        // 4 searches: 3's cooldown does not matter, nobody else waits.
+        d.search(4);
+        assert_eq!(d.types(4), ["searching"]);
+        // 1 leaves, 2 searches: paired with 4.
+        d.leave(1);
+        d.search(2);
+        assert_eq!(d.partner_of(2), Some(id(4)));
+        assert_eq!(d.app.stats(), RouletteStats { online: 7, searching: 0, pairs: 3 });
+    }
+
+    #[test]
+    fn leave_while_being_matched() {
+        // 1 searches and, before it sees `matched`, sends leave: the chat that was just made
+        // ends, 2 is told `left`, and 1 is idle (its client ignores the stale `matched`).
+        let mut d = Driver::new();
+        d.join(1);
+        d.join(2);
+        d.search(1);
+        d.search(2);
+        d.leave(1);
+        assert_eq!(d.types(1), ["searching", "matched"]);
+        assert_eq!(d.types(2), ["searching", "matched", "partner_left"]);
+        assert_eq!(d.app.stats(), RouletteStats { online: 2, searching: 0, pairs: 0 });
+        d.say(1, "hi");
+        assert_eq!(d.errors(1), ["not_in_chat"]);
+    }
+
+    #[test]
+    fn disconnect_mid_match() {
+        let mut d = Driver::new();
+        d.join(1);
+        d.join(2);
+        d.search(1);
+        d.search(2);
+        d.closed(1);
+        assert_eq!(d.types(2), ["searching", "matched", "partner_left"]);
+        // A message 2 had already sent to the vanished partner gets not_in_chat.
+        d.say(2, "hello?");
+        assert_eq!(d.errors(2), ["not_in_chat"]);
+        // Both disconnect at once: no partner_left to a peer that is gone, nothing stuck.
+        d.join(3);
+        d.join(4);
+        d.pair(3, 4);
+        d.closed(3);
+        d.closed(4);
+        assert_eq!(d.app.stats(), RouletteStats { online: 1, searching: 0, pairs: 0 });
+    }
+
+    #[test]
+    fn duplicate_search_keeps_the_place_and_updates_interests() {
+        let mut d = Driver::new();
+        for n in 1..=4 {
+            d.join(n);
+        }
+        d.search_with(1, &["music"]);
+        d.search_with(2, &["chess"]);
+        d.search_with(1, &["music", "art"]);
+        assert_eq!(d.types(1), ["searching", "searching"]);
+        assert_eq!(d.app.stats().searching, 2);
+        // 3 shares with both; 1 kept its place ahead of 2.
+        d.search_with(3, &["chess", "music"]);
+        assert_eq!(d.partner_of(3), Some(id(1)));
+        // Updated interests replace the old ones.
+        d.search_with(2, &["film"]);
+        d.search_with(4, &["chess"]);
+        assert_eq!(d.types(4), ["searching"]);
+        d.search_with(4, &["film"]);
+        assert_eq!(d.partner_of(4), Some(id(2)));
+        assert_eq!(d.recv(4).last(), Some(&json!({"type":"matched","common_interests":["film"]})));
+    }
+
+    #[test]
+    fn typing_after_the_partner_is_gone() {
+        let mut d = Driver::new();
+        for n in 1..=2 {
+            d.join(n);
+        }
+        d.pair(1, 2);
+        d.typing(1, true);
+        assert_eq!(d.types(2), ["typing"]);
+        d.leave(2);
+        assert_eq!(d.types(1), ["partner_left"]);
+        // 1's client had not seen partner_left yet: its typing events get not_in_chat.
+        d.typing(1, false);
+        d.typing(1, true);
+        assert_eq!(d.errors(1), ["not_in_chat", "not_in_chat"]);
+        let got = d.recv(2);
+        assert!(got.is_empty(), "nothing leaks to the one who left: {got:?}");
+    }
+
+    #[test]
+    fn stale_typing_does_not_leak_into_the_next_chat() {
+        // 1 is typing to 2, skips, and is matched at once with 3 who was waiting; the
+        // typing:false its client sends on skipping is not a change in the new chat, so
+        // neither 2 nor 3 sees a stray indicator.
+        let mut d = Driver::new();
+        for n in 1..=3 {
+            d.join(n);
+        }
+        d.pair(1, 2);
+        d.search(3);
+        d.recv(3);
+        d.typing(1, true);
+        d.search(1);
+        d.typing(1, false);
+        assert_eq!(d.types(2), ["typing", "partner_left"]);
+        assert_eq!(d.types(1), ["searching", "matched"]);
+        assert_eq!(d.types(3), ["matched"]);
+        assert_eq!(d.partner_of(1), Some(id(3)));
+        // In the new chat, typing starts from "not typing".
+        d.typing(1, true);
+        assert_eq!(d.recv(3), [json!({"type":"typing","active":true})]);
+    }
+
+    #[test]
+    fn every_error_code() {
+        let mut d = Driver::with(ChatConfig { max_message_chars: 5, ..quiet_config() });
+        d.join(1);
+        d.join(2);
+        d.text(1, "not json");
+        d.text(1, "[\"message\",\"hi\"]");
+        d.text(1, "{\"type\":\"message\"}");
+        d.text(1, "{\"text\":\"no type\"}");
+        assert_eq!(d.errors(1), ["invalid_json"; 4]);
+        d.text(1, "{\"type\":\"dance\"}");
+        assert_eq!(d.errors(1), ["unknown_type"]);
+        d.say(1, "hi");
+        d.typing(1, true);
+        assert_eq!(d.errors(1), ["not_in_chat", "not_in_chat"]);
+        d.search_with(1, &["a", "b", "c", "d", "e", "f"]);
+        d.search_with(1, &[""]);
+        d.send(1, json!({"type":"search","interests":"music"}));
+        assert_eq!(d.errors(1), ["bad_interests"; 3]);
+        assert_eq!(d.app.stats().searching, 0, "a bad search starts nothing");
+        d.pair(1, 2);
+        d.say(1, "héllo");
+        assert_eq!(d.types(2), ["message"], "5 scalar values (6 bytes) fit");
+        d.say(1, "héllo!");
+        assert_eq!(d.errors(1), ["message_too_long"]);
+        d.say(1, "");
+        d.say(1, " \t\n\u{3000}");
+        assert_eq!(d.errors(1), ["empty_message", "empty_message"]);
+        assert!(d.recv(2).is_empty());
+        // A bad search during a chat does not end it.
+        d.search_with(1, &["x".repeat(33).as_str()]);
+        assert_eq!(d.errors(1), ["bad_interests"]);
+        assert_eq!(d.partner_of(1), Some(id(2)));
+        // rate_limited: see below. Errors never close the connection.
+        assert!(d.closes.is_empty());
+    }
+
+    #[test]
+    fn error_messages_carry_the_limit() {
+        let mut d = Driver::with(ChatConfig { max_message_chars: 3, ..quiet_config() });
+        d.join(1);
+        d.join(2);
+        d.pair(1, 2);
+        d.say(1, "four");
+        let e = &d.recv(1)[0];
+        assert_eq!(e["code"], "message_too_long");
+        assert!(e["message"].as_str().unwrap().contains('3'), "{e}");
+    }
+
+    #[test]
+    fn messages_over_the_rate_are_dropped() {
+        let mut d = Driver::new(); // 5/s, burst 20
+        d.join(1);
+        d.join(2);
+        d.pair(1, 2);
+        for i in 0..25 {
+            d.say(1, &i.to_string());
+        }
+        assert_eq!(d.recv(2).len(), 20);
+        assert_eq!(d.errors(1), ["rate_limited"; 5]);
+        d.at(0.25); // 1.25 tokens
+        d.say(1, "a");
+        d.say(1, "b");
+        assert_eq!(d.types(2), ["message"]);
+        assert_eq!(d.errors(1), ["rate_limited"]);
+        d.at(10.0); // full again, capped at the burst
+        for i in 0..21 {
+            d.say(1, &i.to_string());
+        }
+        assert_eq!(d.recv(2).len(), 20);
+        assert!(d.closes.is_empty());
+    }
+
+    #[test]
+    fn a_fast_typist_is_not_limited() {
+        // Typing on every key press and a message every 2 s for a minute: never limited.
+        let mut d = Driver::new();
+        d.join(1);
+        d.join(2);
+        d.pair(1, 2);
+        for step in 0..600u32 {
+            d.at(f64::from(step) * 0.1);
+            d.typing(1, true);
+            if step % 20 == 19 {
+                d.say(1, "a line");
+            }
+        }
+        assert!(d.recv(1).is_empty());
+        assert_eq!(d.types(2).iter().filter(|t| *t == "message").count(), 30);
+    }
+
+    #[test]
+    fn searches_are_rate_limited_too() {
+        let mut d = Driver::new();
+        d.join(1);
+        for _ in 0..SEARCH_BURST {
+            d.search(1);
+        }
+        assert_eq!(d.types(1), vec!["searching"; SEARCH_BURST as usize]);
+        d.search(1);
+        assert_eq!(d.errors(1), ["rate_limited"]);
+        d.at(1.0);
+        d.search(1);
+        assert_eq!(d.types(1), ["searching"]);
+    }
+
+    #[test]
+    fn sustained_abuse_closes_with_1008() {
+        let mut d = Driver::new();
+        d.join(1);
+        d.join(2);
+        d.pair(1, 2);
+        for _ in 0..ERROR_BURST {
+            d.text(1, "garbage");
+        }
+        assert_eq!(d.errors(1).len(), ERROR_BURST as usize);
+        assert!(d.closes.is_empty());
+        d.text(1, "garbage");
+        assert_eq!(d.closes, [(id(1), CLOSE_POLICY_VIOLATION)]);
+        assert!(d.recv(1).is_empty(), "closed, not answered");
+        // The partner learns at once; it does not wait for the close handshake.
+        assert_eq!(d.recv(2), [json!({"type":"partner_left","reason":"disconnected"})]);
+        // Until Closed arrives, anything else from it is ignored.
+        d.say(1, "still here");
+        d.search(1);
+        d.event(1, Event::Binary(b"x"));
+        assert!(d.recv(1).is_empty() && d.recv(2).is_empty());
+        assert_eq!(d.closes.len(), 1);
+        assert_eq!(d.app.stats().online, 2);
+        d.closed(1);
+        assert_eq!(d.app.stats(), RouletteStats { online: 1, searching: 0, pairs: 0 });
+    }
+
+    #[test]
+    fn flooding_messages_ends_in_1008() {
+        let mut d = Driver::new();
+        d.join(1);
+        d.join(2);
+        d.pair(1, 2);
+        for _ in 0..100 {
+            d.say(1, "spam");
+        }
+        // rate_burst messages got through, then ERROR_BURST rate_limited errors, then the close.
+        assert_eq!(d.recv(2).len(), 20 + 1);
+        assert_eq!(d.errors(1), vec!["rate_limited"; ERROR_BURST as usize]);
+        assert_eq!(d.closes, [(id(1), CLOSE_POLICY_VIOLATION)]);
+    }
+
+    #[test]
+    fn an_error_now_and_then_never_closes() {
+        let mut d = Driver::new();
+        d.join(1);
+        for s in 0..300u32 {
+            d.at(f64::from(s));
+            d.text(1, "oops");
+        }
+        assert_eq!(d.errors(1).len(), 300);
+        assert!(d.closes.is_empty());
+    }
+
+    #[test]
+    fn binary_closes_with_1003() {
+        let mut d = Driver::new();
+        d.join(1);
+        d.join(2);
+        d.join(3);
+        d.pair(1, 2);
+        d.search(3);
+        d.event(1, Event::Binary(&[1, 2, 3]));
+        assert_eq!(d.closes, [(id(1), CLOSE_UNSUPPORTED_DATA)]);
+        assert_eq!(d.recv(2), [json!({"type":"partner_left","reason":"disconnected"})]);
+        d.event(3, Event::Binary(&[]));
+        assert_eq!(d.closes[1], (id(3), CLOSE_UNSUPPORTED_DATA));
+        assert_eq!(d.app.stats().searching, 0);
+        d.closed(1);
+        d.closed(3);
+        assert_eq!(d.app.stats(), RouletteStats { online: 1, searching: 0, pairs: 0 });
+    }
+
+    #[test]
+    fn online_count_is_coalesced() {
+        let mut d = Driver::with(ChatConfig {
+            online_interval: Duration::from_secs(5),
+            ..ChatConfig::default()
+        });
+        d.open(1); // t=0 starts the clock
+        assert_eq!(d.app.poll_timeout(), None, "nothing changed since the welcome");
+        d.at(1.0);
+        d.open(2);
+        d.at(2.0);
+        d.open(3);
+        d.at(3.0);
+        d.closed(3);
+        assert!(d.broadcasts.is_empty());
+        assert_eq!(d.app.poll_timeout(), Some(d.base + Duration::from_secs(5)));
+        d.at(5.0);
+        assert_eq!(d.broadcasts, [json!({"type":"online","count":2})]);
+        assert_eq!(d.recv(1).last(), Some(&json!({"type":"online","count":2})));
+        // A change right after waits for the interval ...
+        d.at(6.0);
+        d.open(4);
+        assert_eq!(d.app.poll_timeout(), Some(d.base + Duration::from_secs(10)));
+        d.at(9.9);
+        assert_eq!(d.broadcasts.len(), 1);
+        d.at(10.0);
+        assert_eq!(d.broadcasts[1], json!({"type":"online","count":3}));
+        // ... and a change that is undone before then sends nothing.
+        d.at(11.0);
+        d.closed(4);
+        d.open(5);
+        assert_eq!(d.app.poll_timeout(), None);
+        d.at(30.0);
+        assert_eq!(d.broadcasts.len(), 2);
+        // After a quiet spell a change goes out at once.
+        d.closed(5);
+        assert_eq!(d.broadcasts[2], json!({"type":"online","count":2}));
+    }
+
+    #[test]
+    fn a_thousand_joins_cost_one_broadcast_per_interval() {
+        let mut d = Driver::with(ChatConfig {
+            online_interval: Duration::from_secs(5),
+            ..ChatConfig::default()
+        });
+        for n in 0..1000u32 {
+            d.at(f64::from(n) * 0.01);
+            d.open(n);
+        }
+        d.at(20.0);
+        // Joins over 10 s: one broadcast at 5 s and one at 10 s, not a thousand.
+        assert_eq!(
+            d.broadcasts,
+            [json!({"type":"online","count":500}), json!({"type":"online","count":1000})]
+        );
+    }
+
+    #[test]
+    fn shutdown_tells_everyone_in_a_chat() {
+        let mut d = Driver::new();
+        for n in 1..=5 {
+            d.join(n);
+        }
+        d.pair(1, 2);
+        d.pair(3, 4);
+        d.search(5);
+        d.recv(5);
+        let mut out = Vec::new();
+        d.app.handle_shutdown(d.now, &mut out);
+        let to: Vec<PeerId> = out
+            .iter()
+            .map(|a| match a {
+                Action::Send { to, .. } => *to,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(to, [id(1), id(2), id(3), id(4)], "in PeerId order");
+        d.apply(out);
+        for n in 1..=4 {
+            assert_eq!(d.recv(n), [json!({"type":"partner_left","reason":"shutdown"})]);
+        }
+        assert!(d.recv(5).is_empty());
+        assert_eq!(d.app.stats(), RouletteStats { online: 5, searching: 0, pairs: 0 });
+        // While draining: searches are answered but match nobody; nothing is scheduled.
+        d.search(1);
+        d.search(2);
+        assert_eq!(d.types(1), ["searching"]);
+        assert_eq!(d.types(2), ["searching"]);
+        assert_eq!(d.app.poll_timeout(), None);
+        d.closed(3);
+        assert_eq!(d.app.poll_timeout(), None, "no online broadcast while draining");
+    }
+
+    #[test]
+    fn reload_applies_to_live_connections() {
+        let mut d = Driver::new();
+        d.join(1);
+        d.join(2);
+        d.pair(1, 2);
+        d.say(1, "hello");
+        assert_eq!(d.types(2), ["message"]);
+        d.app.set_config(ChatConfig { max_message_chars: 3, rate_burst: 1, ..quiet_config() });
+        d.say(1, "hello");
+        assert_eq!(d.errors(1), ["message_too_long"]);
+        d.say(1, "hey");
+        d.say(1, "hey");
+        assert_eq!(d.types(2), ["message"]);
+        assert_eq!(d.errors(1), ["rate_limited"]);
+        // A waiting searcher's interest timeout follows the reload.
+        d.join(3);
+        d.join(4);
+        d.search_with(3, &["music"]);
+        d.search(4);
+        d.app.set_config(ChatConfig { interest_timeout: Duration::from_secs(1), ..quiet_config() });
+        d.at(1.0);
+        assert_eq!(d.partner_of(3), Some(id(4)));
+        // New connections are welcomed with the new limit.
+        d.app.set_config(ChatConfig { max_message_chars: 42, ..quiet_config() });
+        d.open(5);
+        assert_eq!(d.recv(5)[0]["max_message_chars"], 42);
+    }
+
+    #[test]
+    fn spurious_events_are_ignored() {
+        let mut d = Driver::new();
+        // Text, binary and close for a peer never opened.
+        d.open.insert(id(9));
+        d.text(9, "{\"type\":\"search\"}");
+        d.event(9, Event::Binary(b"x"));
+        d.event(9, Event::Closed);
+        assert!(d.recv(9).is_empty() && d.closes.is_empty());
+        // A repeated Open is not a second welcome and does not reset the state.
+        d.join(1);
+        d.search(1);
+        d.recv(1);
+        d.event(1, Event::Open);
+        assert!(d.recv(1).is_empty());
+        assert_eq!(d.app.stats(), RouletteStats { online: 1, searching: 1, pairs: 0 });
+        // Closed twice.
+        d.closed(1);
+        d.closed(1);
+        assert_eq!(d.app.stats(), RouletteStats::default());
+    }
+
+    #[test]
+    fn matching_is_deterministic() {
+        fn run() -> Vec<(u32, Vec<Value>)> {
+            let mut d = Driver::new();
+            let tags = [&["music"][..], &[], &["chess", "music"], &["art"], &[], &["art"]];
+            for n in 0..30u32 {
+                d.at(f64::from(n) * 0.7);
+                d.join(n);
+                d.search_with(n, tags[n as usize % tags.len()]);
+                if n % 4 == 3 {
+                    d.search(n - 2);
+                }
+            }
+            d.at(100.0);
+            (0..30).map(|n| (n, d.recv(n))).collect()
+        }
+        assert_eq!(run(), run());
+    }
+
+    #[test]
+    fn random_event_storms_keep_the_invariants() {
+        // Several peers doing random things with valid and invalid frames at random times; the
+        // Driver checks the invariants after every action batch, and nothing panics.
+        let frames = [
+            json!({"type":"search"}).to_string(),
+            json!({"type":"search","interests":["music"]}).to_string(),
+            json!({"type":"search","interests":["chess","music"]}).to_string(),
+            json!({"type":"message","text":"hi"}).to_string(),
+            json!({"type":"message","text":" "}).to_string(),
+            json!({"type":"typing","active":true}).to_string(),
+            json!({"type":"typing","active":false}).to_string(),
+            json!({"type":"leave"}).to_string(),
+            "{\"type\":".to_owned(),
+            "{\"type\":\"nope\"}".to_owned(),
+        ];
+        let mut x: u64 = 0xD1B5_4A32_D192_ED03;
+        let mut next = move |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % m
+        };
+        for _ in 0..40 {
+            let mut d = Driver::with(ChatConfig {
+                interest_timeout: Duration::from_secs(2),
+                rematch_cooldown: Duration::from_secs(3),
+                online_interval: Duration::from_secs(1),
+                rate_burst: 5,
+                ..ChatConfig::default()
+            });
+            let mut t = 0.0;
+            for _ in 0..400 {
+                t += next(500) as f64 / 1000.0;
+                d.at(t);
+                let n = next(8) as u32;
+                let is_open = d.open.contains(&id(n));
+                match next(20) {
+                    0 if is_open => d.closed(n),
+                    0 | 1 if !is_open => d.open(n),
+                    _ if !is_open => {}
+                    2 => d.event(n, Event::Binary(b"\x00")),
+                    k => {
+                        let f = &frames[k as usize % frames.len()];
+                        d.text(n, f);
+                    }
+                }
+                // Every message someone receives is one of the documented types.
+                for m in 0..8 {
+                    for v in d.recv(m) {
+                        let ty = v["type"].as_str().unwrap_or("");
+                        assert!(
+                            [
+                                "welcome",
+                                "searching",
+                                "matched",
+                                "message",
+                                "typing",
+                                "partner_left",
+                                "online",
+                                "error"
+                            ]
+                            .contains(&ty),
+                            "{v}"
+                        );
+                    }
+                }
+                // A peer the roulette asked to close is closed by the server soon after.
+                let closing: Vec<PeerId> = d.closes.drain(..).map(|(p, _)| p).collect();
+                for p in closing {
+                    d.closed(p.slot());
+                }
+            }
+            let mut out = Vec::new();
+            d.app.handle_shutdown(d.now, &mut out);
+            d.apply(out);
+            assert_eq!(d.app.stats().pairs, 0);
+        }
+    }
+}

@@ -1,0 +1,717 @@
+//! The roulette's wire protocol: JSON text frames parsed into [`ClientMessage`] and built from
+//! [`ServerMessage`], the validated [`Interests`] list, and the one error enum of this layer,
+//! [`ProtocolError`], whose variants map onto the wire's error codes ([`ErrorCode`]).
+//!
+//! Parsing is two-step so that each failure gets the right code: first the envelope (the input
+//! must be a JSON object whose `"type"` is a string, else `invalid_json`), then the body of the
+//! known type (`unknown_type` for a type we do not know). Unknown fields are ignored, so that a
+//! newer client can talk to an older server. Outbound messages are always serialised by
+//! `serde_json`; user text is never spliced into JSON by hand.
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+
+/// Most interests a search may carry (after normalisation and de-duplication).
+pub const MAX_INTERESTS: usize = 5;
+
+/// Longest interest, in Unicode scalar values after normalisation.
+pub const MAX_INTEREST_CHARS: usize = 32;
+
+/// Everything a client can do wrong at the protocol level. None of them closes the connection;
+/// each is answered with an `error` message carrying [`ProtocolError::code`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// The frame is not valid JSON (syntax, nesting deeper than serde_json's limit, ...).
+    #[error("the message is not valid JSON")]
+    Malformed,
+    /// The frame is JSON but not an object.
+    #[error("the message must be a JSON object")]
+    NotAnObject,
+    /// The object has no `"type"` or its `"type"` is not a string.
+    #[error("the message has no string \"type\"")]
+    MissingType,
+    /// A known type lacks a required field or has it with the wrong JSON type.
+    #[error("field \"{field}\" is missing or has the wrong type")]
+    BadField {
+        /// The field, as named on the wire.
+        field: &'static str,
+    },
+    /// The `"type"` is a string this server does not know.
+    #[error("unknown message type")]
+    UnknownType,
+    /// A chat message or typing event arrived while not in a chat.
+    #[error("you are not in a chat")]
+    NotInChat,
+    /// A chat message has more Unicode scalar values than `max_message_chars`.
+    #[error("the message is longer than {max} characters")]
+    MessageTooLong {
+        /// The limit in force.
+        max: usize,
+    },
+    /// A chat message is empty or only whitespace.
+    #[error("the message is empty")]
+    EmptyMessage,
+    /// The peer sent faster than its token bucket allows; the request was dropped.
+    #[error("too many messages, slow down")]
+    RateLimited,
+    /// `"interests"` is not an array of strings (or `null`).
+    #[error("interests must be an array of strings")]
+    InterestsNotStrings,
+    /// More than [`MAX_INTERESTS`] distinct interests.
+    #[error("at most {MAX_INTERESTS} interests")]
+    TooManyInterests,
+    /// An interest is empty or longer than [`MAX_INTEREST_CHARS`] after trimming.
+    #[error("each interest must be 1 to {MAX_INTEREST_CHARS} characters")]
+    InterestLength,
+    /// An interest contains a control character.
+    #[error("interests may not contain control characters")]
+    InterestControlChar,
+}
+
+/// Result type of this module.
+pub type Result<T, E = ProtocolError> = std::result::Result<T, E>;
+
+impl ProtocolError {
+    /// The machine-readable code sent in the `error` message.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ProtocolError::Malformed
+            | ProtocolError::NotAnObject
+            | ProtocolError::MissingType
+            | ProtocolError::BadField { .. } => ErrorCode::InvalidJson,
+            ProtocolError::UnknownType => ErrorCode::UnknownType,
+            ProtocolError::NotInChat => ErrorCode::NotInChat,
+            ProtocolError::MessageTooLong { .. } => ErrorCode::MessageTooLong,
+            ProtocolError::EmptyMessage => ErrorCode::EmptyMessage,
+            ProtocolError::RateLimited => ErrorCode::RateLimited,
+            ProtocolError::InterestsNotStrings
+            | ProtocolError::TooManyInterests
+            | ProtocolError::InterestLength
+            | ProtocolError::InterestControlChar => ErrorCode::BadInterests,
+        }
+    }
+}
+
+/// The `code` of an `error` message: a closed list that clients can switch on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not a JSON object with a string `"type"`, or a known type with a missing/ill-typed field.
+    InvalidJson,
+    /// A `"type"` this server does not know.
+    UnknownType,
+    /// `message` or `typing` outside a chat.
+    NotInChat,
+    /// `message` longer than `max_message_chars`.
+    MessageTooLong,
+    /// `message` empty or only whitespace.
+    EmptyMessage,
+    /// Over the per-connection rate; the request was dropped.
+    RateLimited,
+    /// `interests` invalid.
+    BadInterests,
+}
+
+impl ErrorCode {
+    /// Every code, for exhaustive tests and docs.
+    pub const ALL: [ErrorCode; 7] = [
+        ErrorCode::InvalidJson,
+        ErrorCode::UnknownType,
+        ErrorCode::NotInChat,
+        ErrorCode::MessageTooLong,
+        ErrorCode::EmptyMessage,
+        ErrorCode::RateLimited,
+        ErrorCode::BadInterests,
+    ];
+
+    /// The code as written on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::NotInChat => "not_in_chat",
+            ErrorCode::MessageTooLong => "message_too_long",
+            ErrorCode::EmptyMessage => "empty_message",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::BadInterests => "bad_interests",
+        }
+    }
+}
+
+/// A search's interests: normalised, de-duplicated and sorted by code point.
+///
+/// Invariants: at most [`MAX_INTERESTS`] entries, each 1..=[`MAX_INTEREST_CHARS`] Unicode scalar
+/// values, lowercase, no leading/trailing whitespace, inner whitespace runs collapsed to one
+/// space, no control characters, strictly increasing. Sorted order makes intersections a linear
+/// merge and makes `common_interests` the same list for both partners.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Interests(Box<[Box<str>]>);
+
+impl Interests {
+    /// No interests: the searcher takes anyone.
+    pub fn none() -> Interests {
+        Interests::default()
+    }
+
+    /// Normalises raw interests (trim, collapse inner whitespace, lowercase), checks each one and
+    /// drops duplicates. Work is bounded: it stops at the first invalid entry or at the
+    /// `MAX_INTERESTS + 1`-th distinct one.
+    pub fn parse<I, S>(raw: I) -> Result<Interests>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut out: Vec<Box<str>> = Vec::new();
+        for s in raw {
+            let s = s.as_ref();
+            // Refuse as soon as the normalised text is certainly too long (more bytes than
+            // MAX_INTEREST_CHARS four-byte characters), so an oversized entry costs one pass.
+            let mut norm = String::new();
+            for w in s.split_whitespace() {
+                if !norm.is_empty() {
+                    norm.push(' ');
+                }
+                norm.extend(w.chars().flat_map(char::to_lowercase));
+                if norm.len() > MAX_INTEREST_CHARS * 4 {
+                    return Err(ProtocolError::InterestLength);
+                }
+            }
+            let chars = norm.chars().count();
+            if chars == 0 || chars > MAX_INTEREST_CHARS {
+                return Err(ProtocolError::InterestLength);
+            }
+            if norm.chars().any(char::is_control) {
+                return Err(ProtocolError::InterestControlChar);
+            }
+            if out.iter().any(|o| **o == *norm) {
+                continue;
+            }
+            if out.len() == MAX_INTERESTS {
+                return Err(ProtocolError::TooManyInterests);
+            }
+            out.push(norm.into_boxed_str());
+        }
+        out.sort_unstable();
+        Ok(Interests(out.into_boxed_slice()))
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// How many there are (at most [`MAX_INTERESTS`]).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The interests in sorted order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+        self.0.iter().map(|s| &**s)
+    }
+
+    /// The interests both lists hold, sorted (a linear merge of the two sorted lists).
+    pub fn intersection(&self, other: &Interests) -> Interests {
+        let (mut i, mut j) = (0, 0);
+        let mut out = Vec::new();
+        while let (Some(a), Some(b)) = (self.0.get(i), other.0.get(j)) {
+            match a.cmp(b) {
+                std::cmp::Ordering::Less => i += 1,
+                std::cmp::Ordering::Greater => j += 1,
+                std::cmp::Ordering::Equal => {
+                    out.push(a.clone());
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        Interests(out.into_boxed_slice())
+    }
+}
+
+/// A request from a client, parsed and validated at the syntax level.
+///
+/// State-dependent checks (in a chat? over the rate? too long?) belong to the roulette, because
+/// they depend on the connection's state and the live configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientMessage<'a> {
+    /// `{"type":"search","interests":[...]}`: start looking, or skip to someone new.
+    Search {
+        /// Normalised interests; empty when absent or `null`.
+        interests: Interests,
+    },
+    /// `{"type":"message","text":"..."}`: a chat line for the partner. Borrowed from the frame
+    /// when it has no escapes.
+    Message {
+        /// The text, unchanged (not trimmed).
+        text: Cow<'a, str>,
+    },
+    /// `{"type":"typing","active":true}`: the typing indicator.
+    Typing {
+        /// Typing or stopped.
+        active: bool,
+    },
+    /// `{"type":"leave"}`: end the chat or cancel the search.
+    Leave,
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct SearchBody {
+    #[serde(default)]
+    interests: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct MessageBody<'a> {
+    #[serde(borrow)]
+    text: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct TypingBody {
+    active: bool,
+}
+
+impl<'a> ClientMessage<'a> {
+    /// Parses one text frame.
+    ///
+    /// `invalid_json`: not JSON, not an object, no string `"type"`, or a known type whose
+    /// required field is missing or ill-typed. `unknown_type`: a type we do not know.
+    /// `bad_interests`: see [`Interests::parse`]. Unknown fields are ignored.
+    pub fn parse(text: &'a str) -> Result<ClientMessage<'a>> {
+        // serde's derived structs also accept JSON arrays (`["message","hi"]`); the protocol is
+        // objects only, so refuse anything else up front.
+        let first = text.trim_start_matches([' ', '\t', '\n', '\r']).as_bytes().first();
+        if first != Some(&b'{') {
+            return match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+                Ok(_) => Err(ProtocolError::NotAnObject),
+                Err(_) => Err(ProtocolError::Malformed),
+            };
+        }
+        let envelope: Envelope<'_> = serde_json::from_str(text).map_err(|e| {
+            if e.is_data() {
+                ProtocolError::MissingType
+            } else {
+                ProtocolError::Malformed
+            }
+        })?;
+        let Some(kind) = envelope.kind else {
+            return Err(ProtocolError::MissingType);
+        };
+        // The envelope parse has already checked the whole frame's syntax, so a failure below
+        // is always about the body's fields.
+        match &*kind {
+            "search" => {
+                let body: SearchBody =
+                    serde_json::from_str(text).map_err(|_| ProtocolError::InterestsNotStrings)?;
+                let interests = match body.interests {
+                    Some(list) => Interests::parse(list)?,
+                    None => Interests::none(),
+                };
+                Ok(ClientMessage::Search { interests })
+            }
+            "message" => {
+                let body: MessageBody<'a> = serde_json::from_str(text)
+                    .map_err(|_| ProtocolError::BadField { field: "text" })?;
+                Ok(ClientMessage::Message { text: body.text })
+            }
+            "typing" => {
+                let body: TypingBody = serde_json::from_str(text)
+                    .map_err(|_| ProtocolError::BadField { field: "active" })?;
+                Ok(ClientMessage::Typing { active: body.active })
+            }
+            "leave" => Ok(ClientMessage::Leave),
+            _ => Err(ProtocolError::UnknownType),
+        }
+    }
+}
+
+/// Why a chat ended, as told to the partner who stayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaveReason {
+    /// The partner sent `leave`.
+    Left,
+    /// The partner skipped (sent `search` during the chat).
+    Next,
+    /// The partner's connection closed, failed, or was closed by the server.
+    Disconnected,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+/// A message from the server to a client; [`ServerMessage::encode`] turns it into a text frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage<'a> {
+    /// Sent once, on connect.
+    Welcome {
+        /// Connected people, this one included.
+        online: usize,
+        /// The longest accepted chat message, in Unicode scalar values.
+        max_message_chars: usize,
+    },
+    /// The answer to every `search`, in order, before any `matched` it leads to.
+    Searching,
+    /// A partner was found.
+    Matched {
+        /// The interests both gave, sorted; empty for a random match.
+        common_interests: &'a Interests,
+    },
+    /// A chat line from the partner.
+    Message {
+        /// The partner's text, unchanged.
+        text: &'a str,
+    },
+    /// The partner's typing indicator.
+    Typing {
+        /// Typing or stopped.
+        active: bool,
+    },
+    /// The chat is over; the client also clears the typing indicator.
+    PartnerLeft {
+        /// Why.
+        reason: LeaveReason,
+    },
+    /// The number of connected people changed (coalesced).
+    Online {
+        /// Connected people.
+        count: usize,
+    },
+    /// A request was refused; the connection stays open.
+    Error {
+        /// The machine-readable code.
+        code: ErrorCode,
+        /// A human-readable English sentence.
+        message: &'a str,
+    },
+}
+
+impl ServerMessage<'_> {
+    /// The message as a JSON text frame.
+    pub fn encode(&self) -> String {
+        // Serialising these types cannot fail: only strings, bools and integers, no maps and
+        // no hand-written Serialize impls. The fallback keeps the no-panic promise anyway.
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn err(s: &str) -> ProtocolError {
+        ClientMessage::parse(s).unwrap_err()
+    }
+
+    fn interests(list: &[&str]) -> Interests {
+        Interests::parse(list).unwrap()
+    }
+
+    #[test]
+    fn parses_each_client_type() {
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"search"}"#),
+            Ok(ClientMessage::Search { interests: Interests::none() })
+        );
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"search","interests":null}"#),
+            Ok(ClientMessage::Search { interests: Interests::none() })
+        );
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"search","interests":["Music"," jazz "]}"#),
+            Ok(ClientMessage::Search { interests: interests(&["jazz", "music"]) })
+        );
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"message","text":"hi <b>"}"#),
+            Ok(ClientMessage::Message { text: "hi <b>".into() })
+        );
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"typing","active":false}"#),
+            Ok(ClientMessage::Typing { active: false })
+        );
+        assert_eq!(ClientMessage::parse(r#"{"type":"leave"}"#), Ok(ClientMessage::Leave));
+        assert_eq!(ClientMessage::parse(" \n{\"type\":\"leave\"}\r\n "), Ok(ClientMessage::Leave));
+    }
+
+    #[test]
+    fn message_text_borrows_when_unescaped_and_decodes_escapes() {
+        match ClientMessage::parse(r#"{"type":"message","text":"plain"}"#) {
+            Ok(ClientMessage::Message { text: Cow::Borrowed("plain") }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            ClientMessage::parse(r#"{"text":"a\"b\n\u00e9","type":"message"}"#),
+            Ok(ClientMessage::Message { text: "a\"b\né".into() })
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"leave","v":2,"extra":{"deep":[1,2,{"x":null}]}}"#),
+            Ok(ClientMessage::Leave)
+        );
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"typing","active":true,"text":5}"#),
+            Ok(ClientMessage::Typing { active: true })
+        );
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"message","text":"x","active":"no"}"#),
+            Ok(ClientMessage::Message { text: "x".into() })
+        );
+    }
+
+    #[test]
+    fn invalid_json_cases() {
+        for (input, want) in [
+            ("", ProtocolError::Malformed),
+            ("{", ProtocolError::Malformed),
+            ("{\"type\":\"leave\"", ProtocolError::Malformed),
+            ("{\"type\":\"leave\"} x", ProtocolError::Malformed),
+            ("{'type':'leave'}", ProtocolError::Malformed),
+            ("nonsense", ProtocolError::Malformed),
+            ("[\"message\",\"hi\"]", ProtocolError::NotAnObject),
+            ("\"leave\"", ProtocolError::NotAnObject),
+            ("42", ProtocolError::NotAnObject),
+            ("null", ProtocolError::NotAnObject),
+            ("{}", ProtocolError::MissingType),
+            ("{\"type\":null}", ProtocolError::MissingType),
+            ("{\"type\":7}", ProtocolError::MissingType),
+            ("{\"type\":[\"leave\"]}", ProtocolError::MissingType),
+            ("{\"type\":\"leave\",\"type\":\"leave\"}", ProtocolError::MissingType),
+            ("{\"type\":\"message\"}", ProtocolError::BadField { field: "text" }),
+            ("{\"type\":\"message\",\"text\":5}", ProtocolError::BadField { field: "text" }),
+            ("{\"type\":\"message\",\"text\":null}", ProtocolError::BadField { field: "text" }),
+            ("{\"type\":\"typing\"}", ProtocolError::BadField { field: "active" }),
+            (
+                "{\"type\":\"typing\",\"active\":\"yes\"}",
+                ProtocolError::BadField { field: "active" },
+            ),
+            ("{\"type\":\"typing\",\"active\":1}", ProtocolError::BadField { field: "active" }),
+        ] {
+            assert_eq!(err(input), want, "{input:?}");
+            assert_eq!(want.code(), ErrorCode::InvalidJson);
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let deep =
+            format!("{{\"type\":\"leave\",\"x\":{}{}}}", "[".repeat(10_000), "]".repeat(10_000));
+        // serde_json skips unknown values without recursing, so this may parse; it must not
+        // overflow the stack. Inside a field we do read, the nesting is a type error.
+        let _ = ClientMessage::parse(&deep);
+        let deep = format!(
+            "{{\"type\":\"search\",\"interests\":{}{}}}",
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
+        assert_eq!(err(&deep), ProtocolError::InterestsNotStrings);
+        let deep = format!("{}{}", "{\"a\":".repeat(10_000), "}".repeat(10_000));
+        assert!(ClientMessage::parse(&deep).is_err());
+    }
+
+    #[test]
+    fn unknown_type() {
+        for input in [
+            r#"{"type":"hello"}"#,
+            r#"{"type":""}"#,
+            r#"{"type":"Search"}"#,
+            r#"{"type":"search "}"#,
+        ] {
+            assert_eq!(err(input), ProtocolError::UnknownType, "{input}");
+        }
+        assert_eq!(ProtocolError::UnknownType.code(), ErrorCode::UnknownType);
+    }
+
+    #[test]
+    fn interests_are_normalised_deduplicated_and_sorted() {
+        let i = interests(&["  Hip   Hop ", "MUSIC", "music", "Émile", "hip hop"]);
+        assert_eq!(i.iter().collect::<Vec<_>>(), ["hip hop", "music", "émile"]);
+        assert_eq!(i.len(), 3);
+        // Exactly 32 characters (multi-byte) is fine; 33 is not.
+        assert!(Interests::parse(["é".repeat(32)]).is_ok());
+        assert_eq!(Interests::parse(["é".repeat(33)]), Err(ProtocolError::InterestLength));
+        // Whitespace around does not count.
+        assert!(Interests::parse([format!("  {}\t", "a".repeat(32))]).is_ok());
+        // Six entries that dedupe to five are fine.
+        assert_eq!(interests(&["a", "b", "c", "d", "e", "A"]).len(), 5);
+        assert!(interests(&[]).is_empty());
+    }
+
+    #[test]
+    fn bad_interests() {
+        for (input, want) in [
+            (
+                r#"{"type":"search","interests":["a","b","c","d","e","f"]}"#,
+                ProtocolError::TooManyInterests,
+            ),
+            (r#"{"type":"search","interests":[""]}"#, ProtocolError::InterestLength),
+            (r#"{"type":"search","interests":["   "]}"#, ProtocolError::InterestLength),
+            (
+                r#"{"type":"search","interests":["aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"]}"#,
+                ProtocolError::InterestLength,
+            ),
+            (r#"{"type":"search","interests":["a\u0000b"]}"#, ProtocolError::InterestControlChar),
+            (r#"{"type":"search","interests":"music"}"#, ProtocolError::InterestsNotStrings),
+            (r#"{"type":"search","interests":[1]}"#, ProtocolError::InterestsNotStrings),
+            (r#"{"type":"search","interests":[null]}"#, ProtocolError::InterestsNotStrings),
+            (r#"{"type":"search","interests":{"a":1}}"#, ProtocolError::InterestsNotStrings),
+        ] {
+            assert_eq!(err(input), want, "{input}");
+            assert_eq!(want.code(), ErrorCode::BadInterests);
+        }
+    }
+
+    #[test]
+    fn huge_interest_lists_fail_fast() {
+        let many: Vec<String> = (0..20_000).map(|i| i.to_string()).collect();
+        assert_eq!(Interests::parse(&many), Err(ProtocolError::TooManyInterests));
+        let long = "x".repeat(1 << 20);
+        assert_eq!(Interests::parse([long]), Err(ProtocolError::InterestLength));
+        // Many duplicates of one valid interest are accepted as one.
+        let dups = vec!["same"; 20_000];
+        assert_eq!(Interests::parse(dups).map(|i| i.len()), Ok(1));
+    }
+
+    #[test]
+    fn lowercasing_that_grows_is_measured_after() {
+        // 'İ' lowercases to two scalar values ("i̇"), so 32 of them become 64.
+        assert_eq!(Interests::parse(["İ".repeat(32)]), Err(ProtocolError::InterestLength));
+        assert!(Interests::parse(["İ".repeat(16)]).is_ok());
+    }
+
+    #[test]
+    fn intersection_is_sorted_and_symmetric() {
+        let a = interests(&["music", "books", "chess", "art"]);
+        let b = interests(&["chess", "zoo", "art", "film"]);
+        let both = a.intersection(&b);
+        assert_eq!(both.iter().collect::<Vec<_>>(), ["art", "chess"]);
+        assert_eq!(both, b.intersection(&a));
+        assert!(a.intersection(&Interests::none()).is_empty());
+    }
+
+    #[test]
+    fn every_error_code_has_its_wire_name() {
+        for code in ErrorCode::ALL {
+            assert_eq!(serde_json::to_value(code).unwrap(), Value::from(code.as_str()));
+        }
+        let all: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(
+            all,
+            [
+                "invalid_json",
+                "unknown_type",
+                "not_in_chat",
+                "message_too_long",
+                "empty_message",
+                "rate_limited",
+                "bad_interests"
+            ]
+        );
+        // Every code is reachable from some ProtocolError.
+        let errors = [
+            ProtocolError::Malformed,
+            ProtocolError::UnknownType,
+            ProtocolError::NotInChat,
+            ProtocolError::MessageTooLong { max: 3 },
+            ProtocolError::EmptyMessage,
+            ProtocolError::RateLimited,
+            ProtocolError::TooManyInterests,
+        ];
+        for (e, code) in errors.iter().zip(ErrorCode::ALL) {
+            assert_eq!(e.code(), code);
+            assert!(!e.to_string().is_empty());
+        }
+    }
+
+    #[test]
+    fn server_messages_encode_exactly() {
+        let common = interests(&["music", "art"]);
+        let none = Interests::none();
+        let cases: Vec<(ServerMessage<'_>, Value)> = vec![
+            (
+                ServerMessage::Welcome { online: 3, max_message_chars: 2000 },
+                json!({"type":"welcome","online":3,"max_message_chars":2000}),
+            ),
+            (ServerMessage::Searching, json!({"type":"searching"})),
+            (
+                ServerMessage::Matched { common_interests: &common },
+                json!({"type":"matched","common_interests":["art","music"]}),
+            ),
+            (
+                ServerMessage::Matched { common_interests: &none },
+                json!({"type":"matched","common_interests":[]}),
+            ),
+            (ServerMessage::Message { text: "hi" }, json!({"type":"message","text":"hi"})),
+            (ServerMessage::Typing { active: true }, json!({"type":"typing","active":true})),
+            (
+                ServerMessage::PartnerLeft { reason: LeaveReason::Left },
+                json!({"type":"partner_left","reason":"left"}),
+            ),
+            (
+                ServerMessage::PartnerLeft { reason: LeaveReason::Next },
+                json!({"type":"partner_left","reason":"next"}),
+            ),
+            (
+                ServerMessage::PartnerLeft { reason: LeaveReason::Disconnected },
+                json!({"type":"partner_left","reason":"disconnected"}),
+            ),
+            (
+                ServerMessage::PartnerLeft { reason: LeaveReason::Shutdown },
+                json!({"type":"partner_left","reason":"shutdown"}),
+            ),
+            (ServerMessage::Online { count: 7 }, json!({"type":"online","count":7})),
+            (
+                ServerMessage::Error { code: ErrorCode::RateLimited, message: "slow" },
+                json!({"type":"error","code":"rate_limited","message":"slow"}),
+            ),
+        ];
+        for (msg, want) in cases {
+            let text = msg.encode();
+            assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn user_text_is_escaped_on_the_way_out() {
+        let nasty = "\"},{\"type\":\"leave\"}\u{0}\n</script><img src=x onerror=alert(1)>\u{2028}";
+        let text = ServerMessage::Message { text: nasty }.encode();
+        let back: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, json!({"type":"message","text":nasty}));
+        assert!(!text.contains('\u{0}') && !text.contains('\n'));
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        // A tiny deterministic generator (xorshift) over a JSON-ish alphabet.
+        let alphabet: Vec<char> =
+            "{}[]\":,\\ tuyepsarchmglvinf0123456789.-eE\u{e9}\u{1F600}".chars().collect();
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..20_000 {
+            let mut s = String::new();
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = (x % 40) as usize;
+            for _ in 0..len {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                s.push(alphabet[(x % alphabet.len() as u64) as usize]);
+            }
+            let _ = ClientMessage::parse(&s);
+            let _ = ClientMessage::parse(&format!("{{\"type\":\"search\",\"interests\":[{s}]}}"));
+            let _ = ClientMessage::parse(&format!("{{\"type\":\"message\",\"text\":{s}}}"));
+        }
+    }
+}
