@@ -1,0 +1,32 @@
+//! Any text, as a chat client's message, given to the roulette: no panic, and every answer is
+//! valid JSON.
+#![no_main]
+use std::time::Instant;
+
+use chatd::{
+    app::{Action, App, Event, Message, PeerId},
+    config::ChatConfig,
+    roulette::Roulette,
+};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let now = Instant::now();
+    let mut app = Roulette::new(ChatConfig::default());
+    let (a, b) = (PeerId::new(0, 0, 1), PeerId::new(0, 0, 2));
+    let mut out = Vec::new();
+    app.handle_event(now, a, Event::Open, &mut out);
+    app.handle_event(now, b, Event::Open, &mut out);
+    app.handle_event(now, a, Event::Text(r#"{"type":"search"}"#), &mut out);
+    app.handle_event(now, b, Event::Text(r#"{"type":"search"}"#), &mut out);
+    for line in text.split('\n') {
+        app.handle_event(now, a, Event::Text(line), &mut out);
+    }
+    app.handle_event(now, a, Event::Closed, &mut out);
+    for action in out {
+        if let Action::Send { message: Message::Text(t), .. } | Action::Broadcast { text: t } = action {
+            assert!(serde_json::from_str::<serde_json::Value>(&t).is_ok(), "{t}");
+        }
+    }
+});
