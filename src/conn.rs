@@ -43,6 +43,8 @@ pub(crate) enum ConnState {
     Closing {
         /// The write side was shut.
         shut: bool,
+        /// The peer already closed its side: drop the connection as soon as the output is out.
+        peer_done: bool,
     },
 }
 
@@ -143,7 +145,7 @@ impl Conn {
     /// Shuts the write side once the last bytes are out, so the peer sees our FIN (the server
     /// closes the TCP connection first, RFC 6455 §7.1.1).
     pub(crate) fn shutdown_write(&mut self) {
-        if let ConnState::Closing { shut } = &mut self.state {
+        if let ConnState::Closing { shut, .. } = &mut self.state {
             if !*shut {
                 *shut = true;
                 let _ = self.stream.shutdown(Shutdown::Write);

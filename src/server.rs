@@ -301,11 +301,29 @@ impl<A: App> Server<A> {
                 Ok(ReadOutcome::Data(n)) => self.ingest(idx, n, now),
                 Ok(ReadOutcome::WouldBlock) => return,
                 Ok(ReadOutcome::Eof) => {
-                    let reason = match conn.state {
-                        ConnState::Closing { .. } => DropReason::Closed,
-                        _ => DropReason::PeerClosed,
-                    };
-                    self.drop_conn(idx, reason, now);
+                    if conn.wbuf.is_empty() {
+                        let reason = match conn.state {
+                            ConnState::Closing { .. } => DropReason::Closed,
+                            _ => DropReason::PeerClosed,
+                        };
+                        self.drop_conn(idx, reason, now);
+                    } else {
+                        // A half-close (`shutdown(SHUT_WR)`, `nc -N`): the peer still reads. Send
+                        // what is queued for it, then close.
+                        let was_ws = conn.is_websocket();
+                        if let ConnState::Closing { peer_done, .. } = &mut conn.state {
+                            *peer_done = true;
+                        } else {
+                            start_closing(conn, now);
+                            conn.state = ConnState::Closing { shut: false, peer_done: true };
+                        }
+                        mark_dirty(&mut self.dirty, conn, idx);
+                        if was_ws {
+                            let id = PeerId::new(0, generation, idx as u32);
+                            self.app.handle_event(now, id, Event::Closed, &mut self.actions);
+                        }
+                        self.arm(idx);
+                    }
                     return;
                 }
                 Err(e) => {
@@ -531,7 +549,13 @@ impl<A: App> Server<A> {
                 continue; // the writable event will bring it back
             }
             match conn.flush() {
-                Ok(WriteOutcome::Drained) => conn.shutdown_write(),
+                Ok(WriteOutcome::Drained) => {
+                    if let ConnState::Closing { peer_done: true, .. } = conn.state {
+                        self.drop_conn(idx, DropReason::Closed, now);
+                    } else {
+                        conn.shutdown_write();
+                    }
+                }
                 Ok(WriteOutcome::WouldBlock) => {}
                 Err(e) => {
                     debug!(self.log, "write failed"; "conn" => idx, "peer" => %conn.peer, "error" => %e);
@@ -656,7 +680,7 @@ fn mark_dirty(dirty: &mut Vec<usize>, conn: &mut Conn, idx: usize) {
 }
 
 fn start_closing(conn: &mut Conn, now: Instant) {
-    conn.state = ConnState::Closing { shut: false };
+    conn.state = ConnState::Closing { shut: false, peer_done: false };
     conn.rbuf = Vec::new();
     conn.deadline = now + CLOSE_LINGER;
 }

@@ -94,12 +94,16 @@ pub fn parse(buf: &[u8]) -> Result<Option<(usize, Request)>> {
         Ok(httparse::Status::Partial) => Ok(None),
         Err(httparse::Error::TooManyHeaders) => Err(HttpError::HeadTooLarge),
         Err(httparse::Error::Version) => {
-            // httparse only knows HTTP/1.x; "HTTP/2.0" and friends are a version problem, while
-            // anything else in that place is garbage.
-            if window.windows(5).any(|w| w == b"HTTP/") {
-                Err(HttpError::Version)
-            } else {
-                Err(HttpError::Malformed)
+            // httparse only knows HTTP/1.x. A well-formed line "METHOD TARGET HTTP/x.y" with
+            // another version is a version problem (505); anything else is garbage (400).
+            let line_end =
+                window.iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(window.len());
+            let parts: Vec<&[u8]> = window[..line_end].split(|&b| b == b' ').collect();
+            match parts.as_slice() {
+                [m, t, v] if !m.is_empty() && !t.is_empty() && v.starts_with(b"HTTP/") => {
+                    Err(HttpError::Version)
+                }
+                _ => Err(HttpError::Malformed),
             }
         }
         Err(_) => Err(HttpError::Malformed),
@@ -189,6 +193,8 @@ Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r
         assert_eq!(parse(b"\x00\x01\x02"), Err(HttpError::Malformed));
         assert_eq!(parse(b"GET / FOO/1.1\r\n\r\n"), Err(HttpError::Malformed));
         assert_eq!(parse(b"GET / HTTP/2.0\r\n\r\n"), Err(HttpError::Version));
+        assert_eq!(parse(b"G E T / HTTP/1.1\r\n\r\n"), Err(HttpError::Malformed));
+        assert_eq!(parse(b"GET /a b HTTP/1.1\r\n\r\n"), Err(HttpError::Malformed));
     }
 
     #[test]

@@ -75,7 +75,9 @@ pub fn validate_upgrade(
     if !req.has_token("connection", "upgrade") {
         return Err(HandshakeError::NoConnectionUpgrade);
     }
-    let key = req.header("sec-websocket-key").ok_or(HandshakeError::BadKey)?;
+    // §11.3.1: the key must not appear more than once.
+    let mut keys = req.header_all("sec-websocket-key");
+    let (Some(key), None) = (keys.next(), keys.next()) else { return Err(HandshakeError::BadKey) };
     match STANDARD.decode(key) {
         Ok(raw) if raw.len() == 16 => {}
         _ => return Err(HandshakeError::BadKey),

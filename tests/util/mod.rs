@@ -1,0 +1,646 @@
+//! Helpers for the black-box tests: start the real `chatd` binary on `127.0.0.1:0`, talk to it
+//! over raw TCP (HTTP requests, WebSocket frames built and parsed here) or with tungstenite.
+//!
+//! Every socket has a read and a write timeout, so a server bug fails a test instead of hanging
+//! it. Each module uses a different subset of the helpers.
+#![allow(dead_code)]
+
+use std::{
+    fs,
+    io::{self, BufRead, BufReader, ErrorKind, Read, Write},
+    net::{Shutdown, SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdout, Command, Output, Stdio},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+/// The longest any single read or write may take. Things that should happen within a configured
+/// timeout of a few hundred milliseconds are waited for this long.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The key of RFC 6455 §1.3 and its accept value.
+pub const RFC_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+/// `Sec-WebSocket-Accept` for [`RFC_KEY`].
+pub const RFC_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+/// The path of the binary under test.
+pub fn chatd_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_chatd")
+}
+
+/// A folder under the system temp dir, unique to this process and call, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Creates a fresh, empty folder.
+    pub fn new(what: &str) -> TempDir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("chatd-test-{}-{what}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Writes `contents` to `name` (relative, parents created) and returns its path.
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.0.join(name);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).expect("create parent");
+        }
+        fs::write(&path, contents).expect("write temp file");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `chatd` with `args` to completion (for the CLI tests) and returns its output.
+pub fn run_chatd(args: &[&str]) -> Output {
+    let mut child = Command::new(chatd_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn chatd");
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if child.try_wait().expect("wait for chatd").is_some() {
+            return child.wait_with_output().expect("collect chatd output");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("collect chatd output");
+            panic!("chatd {args:?} did not exit within {TIMEOUT:?}: {out:?}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A running `chatd`, killed on drop. Its stderr (the log) is kept in a file and printed when
+/// the test fails.
+#[derive(Debug)]
+pub struct Server {
+    child: Child,
+    addr: SocketAddr,
+    dir: TempDir,
+    /// Kept open so that the server never writes to a closed pipe.
+    _stdout: BufReader<ChildStdout>,
+}
+
+impl Server {
+    /// Starts `chatd` with a config of `listen = "127.0.0.1:0"` followed by `extra_toml`, waits
+    /// for its `chatd listening on http://ADDR/` line and returns it running.
+    pub fn start(extra_toml: &str) -> Server {
+        let dir = TempDir::new("server");
+        let config = dir.write("chatd.toml", &format!("listen = \"127.0.0.1:0\"\n{extra_toml}\n"));
+        let stderr = fs::File::create(dir.path().join("stderr.log")).expect("create stderr log");
+        let mut child = Command::new(chatd_bin())
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr))
+            .spawn()
+            .expect("spawn chatd");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        // Read the line on a thread so that a server that never prints it fails the test in
+        // bounded time.
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let read = reader.read_line(&mut line);
+            let _ = tx.send((read.map(|_| line), reader));
+        });
+        let (line, stdout) = match rx.recv_timeout(TIMEOUT) {
+            Ok((Ok(line), reader)) => (line, reader),
+            Ok((Err(e), _)) => {
+                let _ = child.kill();
+                panic!("reading chatd's stdout: {e}");
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
+                panic!("chatd printed no address within {TIMEOUT:?}; stderr:\n{log}");
+            }
+        };
+        let addr = line
+            .strip_prefix("chatd listening on http://")
+            .and_then(|rest| rest.trim_end().strip_suffix('/'))
+            .and_then(|a| a.parse().ok());
+        let Some(addr) = addr else {
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
+            panic!("unexpected first stdout line {line:?}; stderr:\n{log}");
+        };
+        Server { child, addr, dir, _stdout: stdout }
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `127.0.0.1:PORT`, as a `Host` header value.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGTERM`) to the server process.
+    pub fn signal(&self, signal: i32) {
+        let pid = i32::try_from(self.child.id()).expect("pid fits");
+        // SAFETY: kill(2) with the pid of our own child process has no memory effects.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill({pid}, {signal})");
+    }
+
+    /// Waits up to [`TIMEOUT`] for the process to exit and returns its status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for chatd") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "chatd did not exit within {TIMEOUT:?}");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// What the server has logged so far.
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// A new raw connection.
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// One request on a fresh connection, the response read whole.
+    pub fn request(&self, raw: &str) -> Response {
+        let mut c = self.connect();
+        c.send(raw.as_bytes());
+        c.read_response()
+    }
+
+    /// `GET path` on a fresh connection.
+    pub fn get(&self, path: &str) -> Response {
+        self.request(&format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.host()))
+    }
+
+    /// Opens a WebSocket on a fresh connection with a valid handshake, checks the 101 and reads
+    /// the application's welcome message. The returned client is ready for frames.
+    pub fn ws(&self) -> Client {
+        let mut c = self.connect();
+        c.send(handshake(&self.host(), RFC_KEY, "").as_bytes());
+        let r = c.read_head_response();
+        assert_eq!(r.status, 101, "handshake refused: {r:?}");
+        assert_eq!(r.header("sec-websocket-accept"), Some(RFC_ACCEPT));
+        c.expect_welcome();
+        c
+    }
+
+    /// The server still serves other clients: the page, and a WebSocket with its welcome.
+    pub fn assert_serving(&self) {
+        let r = self.get("/");
+        assert_eq!(r.status, 200, "GET / after the test: {r:?}");
+        let mut ws = self.ws();
+        ws.send(&frame(0x88, &close_payload(1000, "")));
+        let f = ws.read_frame_skipping_text();
+        assert_eq!(f.close_code(), Some(1000));
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            eprintln!("--- chatd stderr ({}) ---\n{}--- end ---", self.addr, self.stderr());
+        }
+    }
+}
+
+/// A valid upgrade request for `/ws` with `key`, plus `extra` header lines (each ending in CRLF).
+pub fn handshake(host: &str, key: &str, extra: &str) -> String {
+    format!(
+        "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+}
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// The status code.
+    pub status: u16,
+    /// The reason phrase.
+    pub reason: String,
+    /// Header fields in order, names as sent.
+    pub headers: Vec<(String, String)>,
+    /// The body (empty for HEAD, 101, 304).
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The value of the first header called `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// How many times header `name` occurs.
+    pub fn header_count(&self, name: &str) -> usize {
+        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).count()
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> &str {
+        std::str::from_utf8(&self.body).expect("body is UTF-8")
+    }
+
+    /// `Content-Length` as a number.
+    pub fn content_length(&self) -> Option<usize> {
+        self.header("content-length").map(|v| v.parse().expect("numeric Content-Length"))
+    }
+}
+
+/// A server frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// FIN.
+    pub fin: bool,
+    /// RSV1-3 as the three bits 0x70.
+    pub rsv: u8,
+    /// The opcode.
+    pub opcode: u8,
+    /// Whether the server masked it (it must not).
+    pub masked: bool,
+    /// The payload, unmasked.
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    /// For a close frame: its status code, if it carries one.
+    pub fn close_code(&self) -> Option<u16> {
+        assert_eq!(self.opcode, 0x8, "not a close frame: {self:?}");
+        (self.payload.len() >= 2).then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
+    }
+
+    /// For a close frame: its reason.
+    pub fn close_reason(&self) -> &str {
+        std::str::from_utf8(self.payload.get(2..).unwrap_or_default())
+            .expect("close reason is UTF-8")
+    }
+
+    /// The payload as text.
+    pub fn text(&self) -> &str {
+        std::str::from_utf8(&self.payload).expect("payload is UTF-8")
+    }
+}
+
+/// The masking key used by [`frame`].
+pub const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+/// A masked client frame: `b0` is the first byte as sent (FIN, RSV, opcode).
+pub fn frame(b0: u8, payload: &[u8]) -> Vec<u8> {
+    let mut v = header(b0, payload.len() as u64, Some(MASK));
+    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+    v
+}
+
+/// An unmasked client frame (a protocol violation).
+pub fn unmasked_frame(b0: u8, payload: &[u8]) -> Vec<u8> {
+    let mut v = header(b0, payload.len() as u64, None);
+    v.extend_from_slice(payload);
+    v
+}
+
+/// A frame header declaring `len` payload bytes, in the shortest length encoding.
+pub fn header(b0: u8, len: u64, mask: Option<[u8; 4]>) -> Vec<u8> {
+    let m = if mask.is_some() { 0x80 } else { 0 };
+    let mut v = vec![b0];
+    match len {
+        0..=125 => v.push(m | len as u8),
+        126..=0xffff => {
+            v.push(m | 126);
+            v.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            v.push(m | 127);
+            v.extend_from_slice(&len.to_be_bytes());
+        }
+    }
+    if let Some(mask) = mask {
+        v.extend_from_slice(&mask);
+    }
+    v
+}
+
+/// The payload of a close frame.
+pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
+    let mut p = code.to_be_bytes().to_vec();
+    p.extend_from_slice(reason.as_bytes());
+    p
+}
+
+/// A raw TCP connection with a read buffer, for HTTP requests and WebSocket frames.
+#[derive(Debug)]
+pub struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    /// Connects with read and write timeouts of [`TIMEOUT`].
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect to chatd");
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client { stream, buf: Vec::new() }
+    }
+
+    /// The socket, for tests that need it.
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// Writes all of `bytes`.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write to chatd");
+    }
+
+    /// Writes all of `bytes`, returning the error (the server may already have closed).
+    pub fn try_send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Shuts the write side (sends FIN).
+    pub fn shutdown_write(&self) {
+        self.stream.shutdown(Shutdown::Write).expect("shutdown");
+    }
+
+    /// Reads more into the buffer. Returns the number of bytes, 0 at EOF; a connection reset
+    /// counts as EOF. Panics after `TIMEOUT` without data.
+    fn fill(&mut self, what: &str) -> usize {
+        self.fill_timeout(what, TIMEOUT).unwrap_or_else(|| panic!("timed out waiting for {what}"))
+    }
+
+    /// Like `fill`, but `None` after `timeout` without data.
+    fn fill_timeout(&mut self, what: &str, timeout: Duration) -> Option<usize> {
+        self.stream.set_read_timeout(Some(timeout.max(Duration::from_millis(1)))).unwrap();
+        let mut chunk = [0u8; 16 * 1024];
+        let result = loop {
+            match self.stream.read(&mut chunk) {
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    break Some(n);
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    break None
+                }
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => break Some(0),
+                Err(e) => panic!("reading {what}: {e}"),
+            }
+        };
+        self.stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        result
+    }
+
+    /// Reads one response with a body of `Content-Length` bytes (none for 101, 204, 304).
+    pub fn read_response(&mut self) -> Response {
+        self.read_response_inner(false)
+    }
+
+    /// Reads one response without a body (the answer to a HEAD, or a 101).
+    pub fn read_head_response(&mut self) -> Response {
+        self.read_response_inner(true)
+    }
+
+    fn read_response_inner(&mut self, head_only: bool) -> Response {
+        let end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if self.fill("a response head") == 0 {
+                panic!("connection closed before a complete response head; got {:?}", self.lossy());
+            }
+        };
+        let head = String::from_utf8(self.buf[..end].to_vec()).expect("response head is UTF-8");
+        self.buf.drain(..end);
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let mut parts = status_line.splitn(3, ' ');
+        assert_eq!(parts.next(), Some("HTTP/1.1"), "status line {status_line:?}");
+        let status: u16 = parts.next().and_then(|s| s.parse().ok()).expect("numeric status");
+        let reason = parts.next().unwrap_or_default().to_owned();
+        let headers = lines
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (n, v) = l.split_once(':').unwrap_or_else(|| panic!("bad header line {l:?}"));
+                (n.to_owned(), v.trim().to_owned())
+            })
+            .collect();
+        let mut r = Response { status, reason, headers, body: Vec::new() };
+        if !head_only && !matches!(status, 101 | 204 | 304) {
+            let len = r.content_length().expect("a response with a body has Content-Length");
+            while self.buf.len() < len {
+                if self.fill("a response body") == 0 {
+                    panic!(
+                        "connection closed inside a body of {len} bytes; got {}",
+                        self.buf.len()
+                    );
+                }
+            }
+            r.body = self.buf.drain(..len).collect();
+        }
+        r
+    }
+
+    /// Reads until the server closes, and returns what arrived (after anything already parsed).
+    pub fn read_to_eof(&mut self) -> Vec<u8> {
+        while self.fill("the server to close the connection") > 0 {}
+        std::mem::take(&mut self.buf)
+    }
+
+    /// The server closes the connection without sending anything more.
+    pub fn expect_eof(&mut self) {
+        let rest = self.read_to_eof();
+        assert!(rest.is_empty(), "expected EOF, got {:?}", String::from_utf8_lossy(&rest));
+    }
+
+    /// Whether the server closed within `timeout` (with nothing more sent); `false` if the
+    /// connection is still open after `timeout`.
+    pub fn closed_within(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            match self.fill_timeout("EOF", left) {
+                Some(0) => {
+                    assert!(self.buf.is_empty(), "unexpected bytes before EOF: {:?}", self.lossy());
+                    return true;
+                }
+                Some(_) => {}
+                None => return false,
+            }
+        }
+    }
+
+    /// Nothing arrives (and the connection stays open) for `quiet`.
+    pub fn assert_quiet(&mut self, quiet: Duration) {
+        match self.fill_timeout("silence", quiet) {
+            None => assert!(self.buf.is_empty(), "unexpected bytes: {:?}", self.lossy()),
+            Some(0) => panic!("the server closed the connection; buffered {:?}", self.lossy()),
+            Some(_) => panic!("unexpected bytes: {:?}", self.lossy()),
+        }
+    }
+
+    fn lossy(&self) -> String {
+        String::from_utf8_lossy(&self.buf).into_owned()
+    }
+
+    /// Parses one complete frame from the buffer, if there is one.
+    fn parse_frame(&mut self) -> Option<Frame> {
+        let b = &self.buf;
+        if b.len() < 2 {
+            return None;
+        }
+        let masked = b[1] & 0x80 != 0;
+        let (len, mut at) = match b[1] & 0x7f {
+            126 if b.len() >= 4 => (u64::from(u16::from_be_bytes([b[2], b[3]])), 4),
+            127 if b.len() >= 10 => (u64::from_be_bytes(b[2..10].try_into().unwrap()), 10),
+            126 | 127 => return None,
+            n => (u64::from(n), 2),
+        };
+        let mask = if masked {
+            if b.len() < at + 4 {
+                return None;
+            }
+            at += 4;
+            Some([b[at - 4], b[at - 3], b[at - 2], b[at - 1]])
+        } else {
+            None
+        };
+        let len = usize::try_from(len).expect("frame length fits");
+        if b.len() < at + len {
+            return None;
+        }
+        let mut payload = b[at..at + len].to_vec();
+        if let Some(m) = mask {
+            payload.iter_mut().enumerate().for_each(|(i, x)| *x ^= m[i % 4]);
+        }
+        let f =
+            Frame { fin: b[0] & 0x80 != 0, rsv: b[0] & 0x70, opcode: b[0] & 0x0f, masked, payload };
+        self.buf.drain(..at + len);
+        Some(f)
+    }
+
+    /// Reads one server frame. Panics on EOF or after `TIMEOUT`.
+    pub fn read_frame(&mut self) -> Frame {
+        loop {
+            if let Some(f) = self.parse_frame() {
+                assert!(!f.masked, "server frames must not be masked: {f:?}");
+                assert_eq!(f.rsv, 0, "server frame with RSV bits: {f:?}");
+                return f;
+            }
+            if self.fill("a frame") == 0 {
+                panic!("connection closed while waiting for a frame; buffered {:?}", self.buf);
+            }
+        }
+    }
+
+    /// Reads one frame within `timeout`, `None` if none arrived.
+    pub fn try_read_frame(&mut self, timeout: Duration) -> Option<Frame> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(f) = self.parse_frame() {
+                assert!(!f.masked, "server frames must not be masked: {f:?}");
+                return Some(f);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            match self.fill_timeout("a frame", left) {
+                Some(0) => panic!("connection closed while waiting for a frame"),
+                Some(_) => {}
+                None => return None,
+            }
+        }
+    }
+
+    /// Reads frames, skipping application text messages (the roulette may send some at any
+    /// time, such as online counts), and returns the first other frame.
+    pub fn read_frame_skipping_text(&mut self) -> Frame {
+        loop {
+            let f = self.read_frame();
+            if f.opcode != 0x1 {
+                return f;
+            }
+        }
+    }
+
+    /// Reads the application's welcome message: a single text frame with a JSON object whose
+    /// `type` is `welcome`.
+    pub fn expect_welcome(&mut self) -> serde_json::Value {
+        let f = self.read_frame();
+        assert_eq!((f.fin, f.opcode), (true, 0x1), "the first frame is a final text frame: {f:?}");
+        let v: serde_json::Value = serde_json::from_slice(&f.payload).expect("welcome is JSON");
+        assert_eq!(v["type"], "welcome", "{v}");
+        v
+    }
+
+    /// The server sends a close frame with `code` (skipping application text before it), then
+    /// closes the TCP connection. Returns the close frame.
+    pub fn expect_close(&mut self, code: u16) -> Frame {
+        let f = self.read_frame_skipping_text();
+        assert_eq!(f.opcode, 0x8, "expected a close frame with {code}, got {f:?}");
+        assert_eq!(f.close_code(), Some(code), "close frame {f:?} (reason {:?})", f.close_reason());
+        assert!(f.payload.len() <= 125);
+        self.expect_eof();
+        f
+    }
+}
+
+/// Waits until `f` returns true, checking every 10 ms for at most [`TIMEOUT`].
+pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A WebSocket client library (tungstenite) over a blocking `TcpStream` with timeouts.
+pub fn tungstenite_connect(
+    server: &Server,
+) -> (tungstenite::WebSocket<TcpStream>, tungstenite::handshake::client::Response) {
+    let stream = TcpStream::connect_timeout(&server.addr(), TIMEOUT).expect("connect");
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(TIMEOUT)).unwrap();
+    tungstenite::client(format!("ws://{}/ws", server.addr()), stream)
+        .expect("tungstenite handshake")
+}
