@@ -45,7 +45,8 @@ fn main() -> std::io::Result<()> {
     let level = LevelSwitch::new(config.log_level.to_slog());
     let log = log::terminal(&level);
     let mut server = Server::bind(config, Site::embedded(), Echo, log)?;
-    server.handle_signals(level)?;
+    let notifier = chatd::notify::Notifier::from_env()?;
+    server.handle_signals(chatd::server::Control { level, log_file: None, notifier })?;
     println!("echo listening on ws://{}/ws", server.local_addr());
     server.run()
 }

@@ -124,6 +124,12 @@ pub trait App {
         let _ = config;
     }
 
+    /// Appends the application's metrics to `out` in the Prometheus text format (version
+    /// 0.0.4), each family with its `# HELP` and `# TYPE` lines.
+    fn write_metrics(&self, out: &mut String) {
+        let _ = out;
+    }
+
     /// The server is shutting down: tell peers what they need to know before the close frames.
     fn handle_shutdown(&mut self, now: Instant, out: &mut Vec<Action>) {
         let _ = (now, out);

@@ -2,7 +2,7 @@
 //! -> [`Config`] (defaults applied, values checked). The rest of the program sees only `Config`.
 use std::{
     fmt,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -116,6 +116,22 @@ pub struct FileConfig {
     pub idle_timeout: Option<ConfigDuration>,
     /// `ping_timeout`
     pub ping_timeout: Option<ConfigDuration>,
+    /// `shutdown_timeout`
+    pub shutdown_timeout: Option<ConfigDuration>,
+    /// `metrics_allow`
+    pub metrics_allow: Option<Vec<IpAddr>>,
+    /// `daemon`
+    pub daemon: Option<bool>,
+    /// `pid_file`
+    pub pid_file: Option<PathBuf>,
+    /// `user`
+    pub user: Option<String>,
+    /// `group`
+    pub group: Option<String>,
+    /// `log_file`
+    pub log_file: Option<PathBuf>,
+    /// `log_format`
+    pub log_format: Option<LogFormat>,
     /// The `[chat]` table.
     pub chat: Option<FileChatConfig>,
 }
@@ -136,6 +152,16 @@ pub struct FileChatConfig {
     pub rematch_cooldown: Option<ConfigDuration>,
     /// `chat.online_interval`
     pub online_interval: Option<ConfigDuration>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per record (the default).
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Log verbosity.
@@ -194,6 +220,22 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Time a pinged peer has to answer (send anything) before it is closed. Default 20 s.
     pub ping_timeout: Duration,
+    /// How long a graceful stop waits for peers to take their close frames. Default 10 s.
+    pub shutdown_timeout: Duration,
+    /// Addresses allowed to read `/metrics`; others get 403. Default loopback only.
+    pub metrics_allow: Vec<IpAddr>,
+    /// Detach from the terminal and run in the background. Default false.
+    pub daemon: bool,
+    /// A pid file, written and locked in daemon mode and removed at exit. Default none.
+    pub pid_file: Option<PathBuf>,
+    /// The user to run as after start-up when started as root. Default none.
+    pub user: Option<String>,
+    /// The group to run as (default: the user's primary group).
+    pub group: Option<String>,
+    /// Write logs to this file (reopened on SIGUSR1 and SIGHUP) instead of stderr. Default none.
+    pub log_file: Option<PathBuf>,
+    /// `text` or `json`. Default `text`.
+    pub log_format: LogFormat,
     /// The `[chat]` table.
     pub chat: ChatConfig,
 }
@@ -242,6 +284,17 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             ping_timeout: Duration::from_secs(20),
+            shutdown_timeout: Duration::from_secs(10),
+            metrics_allow: vec![
+                IpAddr::from([127, 0, 0, 1]),
+                IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+            ],
+            daemon: false,
+            pid_file: None,
+            user: None,
+            group: None,
+            log_file: None,
+            log_format: LogFormat::Text,
             chat: ChatConfig::default(),
         }
     }
@@ -261,12 +314,15 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config> {
         let file: FileConfig = toml::from_str(text).map_err(|e| {
             let (line, column) = e.span().map_or((0, 0), |s| line_col(text, s.start));
-            ConfigError::Parse {
-                path: path.to_owned(),
-                line,
-                column,
-                message: e.message().trim().to_owned(),
+            let mut message = e.message().trim().to_owned();
+            // serde names an unknown key itself, but not the key whose value has the wrong type
+            // or is out of range: find it on the offending line.
+            if let Some(key) = e.span().and_then(|s| key_at(text, s.start)) {
+                if !message.contains(&format!("`{}`", key.rsplit('.').next().unwrap_or(&key))) {
+                    message = format!("key `{key}`: {message}");
+                }
             }
+            ConfigError::Parse { path: path.to_owned(), line, column, message }
         })?;
         Config::from_file(file, path)
     }
@@ -293,6 +349,14 @@ impl Config {
             handshake_timeout: f.handshake_timeout.map_or(d.handshake_timeout, |d| d.0),
             idle_timeout: f.idle_timeout.map_or(d.idle_timeout, |d| d.0),
             ping_timeout: f.ping_timeout.map_or(d.ping_timeout, |d| d.0),
+            shutdown_timeout: f.shutdown_timeout.map_or(d.shutdown_timeout, |d| d.0),
+            metrics_allow: f.metrics_allow.unwrap_or(d.metrics_allow),
+            daemon: f.daemon.unwrap_or(d.daemon),
+            pid_file: f.pid_file.map(|p| absolute(&p)),
+            user: f.user,
+            group: f.group,
+            log_file: f.log_file.map(|p| absolute(&p)),
+            log_format: f.log_format.unwrap_or(d.log_format),
             chat: ChatConfig {
                 max_message_chars: chat.max_message_chars.unwrap_or(dc.max_message_chars),
                 rate_per_second: chat.rate_per_second.unwrap_or(dc.rate_per_second),
@@ -318,7 +382,10 @@ impl Config {
             ("handshake_timeout", cfg.handshake_timeout),
             ("idle_timeout", cfg.idle_timeout),
             ("ping_timeout", cfg.ping_timeout),
+            ("shutdown_timeout", cfg.shutdown_timeout),
             ("chat.online_interval", cfg.chat.online_interval),
+            ("chat.interest_timeout", cfg.chat.interest_timeout.max(Duration::from_millis(10))),
+            ("chat.rematch_cooldown", cfg.chat.rematch_cooldown.max(Duration::from_millis(10))),
         ] {
             if v < Duration::from_millis(10) || v > Duration::from_secs(24 * 3600) {
                 return Err(invalid(key, "must be between 10ms and 24h".into()));
@@ -351,6 +418,19 @@ impl Config {
                 ));
             }
         }
+        for (key, name) in [("user", &cfg.user), ("group", &cfg.group)] {
+            if let Some(n) = name {
+                let ok = !n.is_empty()
+                    && n.len() <= 32
+                    && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+                if !ok {
+                    return Err(invalid(key, format!("`{n}` is not a user or group name")));
+                }
+            }
+        }
+        if cfg.group.is_some() && cfg.user.is_none() {
+            return Err(invalid("group", "needs `user` as well".into()));
+        }
         if let Some(root) = &cfg.web_root {
             if !root.is_dir() {
                 return Err(invalid(
@@ -361,6 +441,80 @@ impl Config {
         }
         Ok(cfg)
     }
+}
+
+impl Config {
+    /// Keeps the running value of every setting that needs a restart (the listening socket,
+    /// the account, the pid and log files) and returns the keys whose value the file changed.
+    pub fn keep_restart_only(&mut self, running: &Config) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        macro_rules! keep {
+            ($($field:ident),*) => {$(
+                if self.$field != running.$field {
+                    changed.push(stringify!($field));
+                    self.$field = running.$field.clone();
+                }
+            )*};
+        }
+        keep!(listen, daemon, pid_file, user, group, log_file, log_format);
+        changed
+    }
+
+    /// The keys whose values differ between `self` and `new`, dotted for the `[chat]` table.
+    pub fn changed_keys(&self, new: &Config) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        macro_rules! diff {
+            ($($($field:ident).+ => $key:literal),* $(,)?) => {$(
+                if self.$($field).+ != new.$($field).+ {
+                    changed.push($key);
+                }
+            )*};
+        }
+        diff!(
+            listen => "listen", log_level => "log_level", web_root => "web_root",
+            allowed_origins => "allowed_origins", max_connections => "max_connections",
+            max_message_bytes => "max_message_bytes", max_outbound_bytes => "max_outbound_bytes",
+            handshake_timeout => "handshake_timeout", idle_timeout => "idle_timeout",
+            ping_timeout => "ping_timeout", shutdown_timeout => "shutdown_timeout",
+            metrics_allow => "metrics_allow", daemon => "daemon", pid_file => "pid_file",
+            user => "user", group => "group", log_file => "log_file", log_format => "log_format",
+            chat.max_message_chars => "chat.max_message_chars",
+            chat.rate_per_second => "chat.rate_per_second", chat.rate_burst => "chat.rate_burst",
+            chat.interest_timeout => "chat.interest_timeout",
+            chat.rematch_cooldown => "chat.rematch_cooldown",
+            chat.online_interval => "chat.online_interval",
+        );
+        changed
+    }
+}
+
+/// `p` made absolute against the current directory, so that it still names the same file after
+/// the daemon changes its directory to `/`.
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_owned())
+}
+
+/// The dotted key assigned on the line holding byte `at` (`chat.max_message_chars`), if that
+/// line is a `key = value` line.
+fn key_at(text: &str, at: usize) -> Option<String> {
+    let at = at.min(text.len());
+    let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next()?;
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    if key.is_empty() || key.starts_with('[') || key.starts_with('#') {
+        return None;
+    }
+    let table = text[..start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && !l.starts_with("[["))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+    Some(match table {
+        Some(t) => format!("{t}.{key}"),
+        None => key.to_owned(),
+    })
 }
 
 /// 1-based line and column of byte offset `at` in `text`.
@@ -405,6 +559,23 @@ mod tests {
     fn wrong_type_is_named() {
         let e = parse("max_connections = \"many\"\n").unwrap_err().to_string();
         assert!(e.starts_with("test.toml:1:"), "{e}");
+        assert!(e.contains("key `max_connections`"), "{e}");
+        let e = parse("listen = \"127.0.0.1:1\"\n[chat]\ninterest_timeout = \"5 parsecs\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("test.toml:3:") && e.contains("key `chat.interest_timeout`"), "{e}");
+    }
+
+    #[test]
+    fn reload_keeps_restart_only_settings_and_names_changes() {
+        let running = parse("listen = \"127.0.0.1:1\"").unwrap();
+        let mut new =
+            parse("listen = \"127.0.0.1:2\"\nlog_level = \"debug\"\n[chat]\nrate_burst = 3")
+                .unwrap();
+        assert_eq!(running.changed_keys(&new), ["listen", "log_level", "chat.rate_burst"]);
+        assert_eq!(new.keep_restart_only(&running), ["listen"]);
+        assert_eq!(new.listen, running.listen);
+        assert_eq!(running.changed_keys(&new), ["log_level", "chat.rate_burst"]);
     }
 
     #[test]

@@ -8,8 +8,10 @@
 
 pub mod app;
 pub mod config;
+pub mod daemon;
 pub mod http;
 pub mod log;
+pub mod notify;
 pub mod roulette;
 pub mod server;
 pub mod ws;

@@ -20,7 +20,8 @@ use crate::{
     config::Config,
     conn::{Conn, ConnState, ReadOutcome, WriteOutcome, WsConn},
     http::{self, Method, Request, Site, Status},
-    log::LevelSwitch,
+    log::{LevelSwitch, LogFile},
+    notify::Notifier,
     signals::{Signal, SignalSource},
     timer::Timers,
     ws::{self, close_code, Incoming, OpCode, Session},
@@ -38,22 +39,45 @@ const READS_PER_EVENT: usize = 8;
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// How long accepting pauses when the process has no file descriptor left.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
-/// How long a graceful stop waits for peers to take their close frames.
-const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What a service needs from the loop besides serving: the log level and log file that a reload
+/// or SIGUSR1 acts on, and systemd's notify socket.
+#[derive(Debug)]
+pub struct Control {
+    /// The level `log_level` sets.
+    pub level: LevelSwitch,
+    /// The log file reopened on SIGUSR1 and SIGHUP, if logging to a file.
+    pub log_file: Option<LogFile>,
+    /// Readiness, reload and stop notifications for systemd.
+    pub notifier: Notifier,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+struct Stats {
+    accepted: u64,
+    refused_full: u64,
+    websockets_opened: u64,
+    websockets_closed: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    reloads_ok: u64,
+    reloads_failed: u64,
+}
 /// The server: listener, connections, timers and the application, driven by one thread.
 pub struct Server<A: App> {
     poll: Poll,
     listener: Option<TcpListener>,
     local_addr: SocketAddr,
     signals: Option<SignalSource>,
+    control: Option<Control>,
+    stats: Stats,
     conns: Slab<Conn>,
     app: A,
     config: Config,
     site: Site,
     timers: Timers,
     log: Logger,
-    level: Option<LevelSwitch>,
     scratch: Vec<u8>,
     actions: Vec<Action>,
     dirty: Vec<usize>,
@@ -96,10 +120,23 @@ enum End {
 }
 
 impl<A: App> Server<A> {
-    /// Binds the listener and sets up the loop. Nothing runs until [`Server::run`].
+    /// Binds `config.listen` and sets up the loop. Nothing runs until [`Server::run`].
     pub fn bind(config: Config, site: Site, app: A, log: Logger) -> io::Result<Server<A>> {
+        let listener = std::net::TcpListener::bind(config.listen)?;
+        Server::new(listener, config, site, app, log)
+    }
+
+    /// Sets up the loop on a listener bound earlier (before detaching and dropping privileges).
+    pub fn new(
+        listener: std::net::TcpListener,
+        config: Config,
+        site: Site,
+        app: A,
+        log: Logger,
+    ) -> io::Result<Server<A>> {
         let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(config.listen)?;
+        listener.set_nonblocking(true)?;
+        let mut listener = TcpListener::from_std(listener);
         let local_addr = listener.local_addr()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let mut full_response = Vec::new();
@@ -115,13 +152,14 @@ impl<A: App> Server<A> {
             listener: Some(listener),
             local_addr,
             signals: None,
+            control: None,
+            stats: Stats::default(),
             conns: Slab::new(),
             app,
             config,
             site,
             timers: Timers::default(),
             log,
-            level: None,
             scratch: vec![0; READ_CHUNK],
             actions: Vec::new(),
             dirty: Vec::new(),
@@ -133,13 +171,19 @@ impl<A: App> Server<A> {
             full_response,
         })
     }
-
-    /// Handles SIGTERM, SIGINT, SIGQUIT (graceful stop), SIGHUP (reload) and SIGUSR1 in the
-    /// loop. `level` is the switch a reload sets `log_level` on.
-    pub fn handle_signals(&mut self, level: LevelSwitch) -> io::Result<()> {
+    /// Handles SIGTERM, SIGQUIT, SIGINT (graceful stop), SIGHUP (reload) and SIGUSR1 (reopen
+    /// the log file) in the loop, acting on `control`.
+    pub fn handle_signals(&mut self, control: Control) -> io::Result<()> {
         self.signals = Some(SignalSource::register(self.poll.registry(), SIGNALS)?);
-        self.level = Some(level);
+        self.control = Some(control);
         Ok(())
+    }
+
+    /// Tells systemd (if it listens) that the server is ready.
+    pub fn notify_ready(&self) {
+        if let Some(c) = &self.control {
+            c.notifier.ready();
+        }
     }
 
     /// The address actually bound (useful with port 0).
@@ -209,7 +253,8 @@ impl<A: App> Server<A> {
             self.flush_dirty(now);
             if let Some(deadline) = self.shutdown_deadline {
                 if self.conns.is_empty() || deadline <= now {
-                    info!(self.log, "stopped"; "unfinished_connections" => self.conns.len());
+                    info!(self.log, "stopped"; "closed_websockets" => self.stats.websockets_closed,
+                        "cut_off_connections" => self.conns.len());
                     return Ok(());
                 }
             }
@@ -269,6 +314,7 @@ impl<A: App> Server<A> {
             if self.conns.len() >= self.config.max_connections || self.shutdown_deadline.is_some() {
                 // Best effort: a fresh socket has room for this small answer.
                 let _ = stream.write(&self.full_response);
+                self.stats.refused_full += 1;
                 debug!(self.log, "refused: server full"; "peer" => %peer);
                 continue;
             }
@@ -286,6 +332,7 @@ impl<A: App> Server<A> {
             let generation = self.next_generation;
             self.next_generation = (self.next_generation + 1) & 0xff_ffff;
             entry.insert(Conn::new(stream, peer, generation, now + self.config.handshake_timeout));
+            self.stats.accepted += 1;
             debug!(self.log, "accepted"; "conn" => idx, "peer" => %peer);
             self.arm(idx);
         }
@@ -298,7 +345,10 @@ impl<A: App> Server<A> {
                 return;
             };
             match conn.fill(&mut self.scratch) {
-                Ok(ReadOutcome::Data(n)) => self.ingest(idx, n, now),
+                Ok(ReadOutcome::Data(n)) => {
+                    self.stats.bytes_in += n as u64;
+                    self.ingest(idx, n, now);
+                }
                 Ok(ReadOutcome::WouldBlock) => return,
                 Ok(ReadOutcome::Eof) => {
                     if conn.wbuf.is_empty() {
@@ -320,6 +370,7 @@ impl<A: App> Server<A> {
                         mark_dirty(&mut self.dirty, conn, idx);
                         if was_ws {
                             let id = PeerId::new(0, generation, idx as u32);
+                            self.stats.websockets_closed += 1;
                             self.app.handle_event(now, id, Event::Closed, &mut self.actions);
                         }
                         self.arm(idx);
@@ -338,8 +389,19 @@ impl<A: App> Server<A> {
 
     /// Hands `n` freshly read bytes (in `scratch`) to the connection's protocol.
     fn ingest(&mut self, idx: usize, n: usize, now: Instant) {
-        let Server { conns, scratch, app, actions, site, config, log, shutdown_deadline, .. } =
-            self;
+        let Server {
+            conns,
+            scratch,
+            app,
+            actions,
+            site,
+            config,
+            log,
+            shutdown_deadline,
+            stats,
+            ..
+        } = self;
+        let open = conns.len();
         let conn = &mut conns[idx];
         let id = PeerId::new(0, conn.generation, idx as u32);
         if let ConnState::Closing { .. } = conn.state {
@@ -349,8 +411,8 @@ impl<A: App> Server<A> {
             ws.pinged = false;
             conn.deadline = now + config.idle_timeout;
         }
-        let mut cx =
-            Cx { app, actions, site, config, log, now, stopping: shutdown_deadline.is_some() };
+        let stopping = shutdown_deadline.is_some();
+        let mut cx = Cx { app, actions, site, config, log, now, stopping, stats, open };
         let end = if conn.rbuf.is_empty() {
             // The common case: whole frames or requests arrived; parse them where they landed.
             let input = &mut scratch[..n];
@@ -473,6 +535,7 @@ impl<A: App> Server<A> {
         let id = PeerId::new(0, conn.generation, idx as u32);
         start_closing(conn, now);
         mark_dirty(&mut self.dirty, conn, idx);
+        self.stats.websockets_closed += 1;
         self.app.handle_event(now, id, Event::Closed, &mut self.actions);
         self.arm(idx);
     }
@@ -484,6 +547,7 @@ impl<A: App> Server<A> {
         debug!(self.log, "closed"; "conn" => idx, "peer" => %conn.peer, "reason" => ?reason);
         if conn.is_websocket() {
             let id = PeerId::new(0, conn.generation, idx as u32);
+            self.stats.websockets_closed += 1;
             self.app.handle_event(now, id, Event::Closed, &mut self.actions);
         }
     }
@@ -548,7 +612,10 @@ impl<A: App> Server<A> {
             if !conn.writable {
                 continue; // the writable event will bring it back
             }
-            match conn.flush() {
+            let queued = conn.wbuf.len();
+            let result = conn.flush();
+            self.stats.bytes_out += (queued - conn.wbuf.len()) as u64;
+            match result {
                 Ok(WriteOutcome::Drained) => {
                     if let ConnState::Closing { peer_done: true, .. } = conn.state {
                         self.drop_conn(idx, DropReason::Closed, now);
@@ -588,19 +655,40 @@ impl<A: App> Server<A> {
                     return true;
                 }
                 Signal::Terminate => {}
-                Signal::Reload => self.reload(),
-                Signal::Reopen => debug!(self.log, "nothing to reopen: logging to the terminal"),
+                Signal::Reload => {
+                    if let Some(c) = &self.control {
+                        c.notifier.reloading();
+                    }
+                    self.reopen_log();
+                    self.reload();
+                    if let Some(c) = &self.control {
+                        c.notifier.ready();
+                    }
+                }
+                Signal::Reopen => self.reopen_log(),
             }
         }
         false
     }
 
+    fn reopen_log(&mut self) {
+        let Some(file) = self.control.as_ref().and_then(|c| c.log_file.as_ref()) else { return };
+        match file.reopen() {
+            Ok(()) => info!(self.log, "log file reopened"; "file" => %file.path().display()),
+            Err(e) => error!(self.log, "cannot reopen the log file, still writing to the old one";
+                "file" => %file.path().display(), "error" => %e),
+        }
+    }
+
     fn begin_shutdown(&mut self, now: Instant) {
+        if let Some(c) = &self.control {
+            c.notifier.stopping();
+        }
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
         self.accept_paused_until = None;
-        self.shutdown_deadline = Some(now + SHUTDOWN_TIMEOUT);
+        self.shutdown_deadline = Some(now + self.config.shutdown_timeout);
         self.app.handle_shutdown(now, &mut self.actions);
         self.apply_actions(now);
         let open: Vec<usize> = self.conns.iter().map(|(idx, _)| idx).collect();
@@ -620,34 +708,35 @@ impl<A: App> Server<A> {
         self.apply_actions(now);
     }
 
+    /// Re-reads the configuration file and applies it to new and open connections. An invalid
+    /// file changes nothing; settings that need a restart keep their running value.
     fn reload(&mut self) {
         let Some(path) = self.config.path.clone() else {
             info!(self.log, "reload: running on built-in defaults, nothing to re-read");
             return;
         };
-        let mut new = match Config::load(&path) {
-            Ok(c) => c,
+        let new = Config::load(&path).map_err(|e| e.to_string()).and_then(|c| {
+            let site = match &c.web_root {
+                Some(root) => Site::load(root).map_err(|e| format!("web_root: {e}"))?,
+                None => Site::embedded(),
+            };
+            Ok((c, site))
+        });
+        let (mut new, site) = match new {
+            Ok(pair) => pair,
             Err(e) => {
-                error!(self.log, "reload failed, keeping the running configuration"; "error" => %e);
+                self.stats.reloads_failed += 1;
+                error!(self.log, "reload failed, still running on the previous configuration"; "error" => %e);
                 return;
             }
         };
-        let site = match &new.web_root {
-            Some(root) => match Site::load(root) {
-                Ok(s) => s,
-                Err(e) => {
-                    error!(self.log, "reload failed, keeping the running configuration"; "error" => %e);
-                    return;
-                }
-            },
-            None => Site::embedded(),
-        };
-        if new.listen != self.config.listen {
-            warn!(self.log, "`listen` changed: restart to apply"; "running" => %self.config.listen, "file" => %new.listen);
-            new.listen = self.config.listen;
+        let restart = new.keep_restart_only(&self.config);
+        for key in &restart {
+            warn!(self.log, "setting changed but needs a restart; keeping the running value"; "key" => *key);
         }
-        if let Some(level) = &self.level {
-            level.set(new.log_level.to_slog());
+        let changed = self.config.changed_keys(&new);
+        if let Some(c) = &self.control {
+            c.level.set(new.log_level.to_slog());
         }
         for (_, conn) in self.conns.iter_mut() {
             if let ConnState::WebSocket(ws) = &mut conn.state {
@@ -657,8 +746,58 @@ impl<A: App> Server<A> {
         self.app.reconfigure(&new);
         self.site = site;
         self.config = new;
-        info!(self.log, "reloaded"; "file" => %path.display());
+        self.stats.reloads_ok += 1;
+        info!(self.log, "reloaded"; "file" => %path.display(),
+            "changed" => if changed.is_empty() { "nothing".to_owned() } else { changed.join(", ") },
+            "files_served" => self.site.len());
     }
+}
+
+/// Renders `/metrics`: the server's own families, then the application's.
+fn write_metrics<A: App>(cx: &Cx<'_, A>, out: &mut String) {
+    use std::fmt::Write as _;
+    let s = &cx.stats;
+    let families: [(&str, &str, &str, u64); 8] = [
+        (
+            "chatd_connections_open",
+            "gauge",
+            "Open TCP connections (page requests and WebSockets).",
+            cx.open as u64,
+        ),
+        ("chatd_connections_total", "counter", "TCP connections accepted.", s.accepted),
+        (
+            "chatd_connections_refused_total",
+            "counter",
+            "Connections refused with 503 because the server was full.",
+            s.refused_full,
+        ),
+        (
+            "chatd_websockets_open",
+            "gauge",
+            "Open WebSocket connections.",
+            s.websockets_opened - s.websockets_closed,
+        ),
+        (
+            "chatd_websockets_total",
+            "counter",
+            "WebSocket handshakes completed.",
+            s.websockets_opened,
+        ),
+        ("chatd_received_bytes_total", "counter", "Bytes read from clients.", s.bytes_in),
+        ("chatd_sent_bytes_total", "counter", "Bytes written to clients.", s.bytes_out),
+        ("chatd_up", "gauge", "1 while serving, 0 while stopping.", u64::from(!cx.stopping)),
+    ];
+    for (name, kind, help, value) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP chatd_reloads_total Configuration reloads (SIGHUP), by result.\n\
+         # TYPE chatd_reloads_total counter\n\
+         chatd_reloads_total{{result=\"ok\"}} {}\nchatd_reloads_total{{result=\"failed\"}} {}",
+        s.reloads_ok, s.reloads_failed
+    );
+    cx.app.write_metrics(out);
 }
 
 /// What the protocol handlers need besides the connection.
@@ -670,6 +809,9 @@ struct Cx<'a, A> {
     log: &'a Logger,
     now: Instant,
     stopping: bool,
+    stats: &'a mut Stats,
+    /// Open connections, for `/metrics`.
+    open: usize,
 }
 
 fn mark_dirty(dirty: &mut Vec<usize>, conn: &mut Conn, idx: usize) {
@@ -789,6 +931,7 @@ fn respond<A: App>(cx: &mut Cx<'_, A>, conn: &mut Conn, id: PeerId, idx: usize, 
                     pinged: false,
                 });
                 conn.deadline = cx.now + cx.config.idle_timeout;
+                cx.stats.websockets_opened += 1;
                 debug!(log, "websocket open"; "conn" => idx, "peer" => %peer, "peer_id" => %id);
                 cx.app.handle_event(cx.now, id, Event::Open, cx.actions);
             }
@@ -799,6 +942,31 @@ fn respond<A: App>(cx: &mut Cx<'_, A>, conn: &mut Conn, id: PeerId, idx: usize, 
                 start_closing(conn, cx.now);
             }
         },
+        "/metrics" => {
+            let ip = match conn.peer.ip() {
+                std::net::IpAddr::V6(v6) => {
+                    v6.to_ipv4_mapped().map_or(std::net::IpAddr::V6(v6), Into::into)
+                }
+                v4 => v4,
+            };
+            if cx.config.metrics_allow.contains(&ip) {
+                let mut body = String::with_capacity(4096);
+                write_metrics(cx, &mut body);
+                let extra = "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\nCache-Control: no-store\r\n";
+                http::write_response(
+                    &mut conn.wbuf,
+                    Status::Ok,
+                    extra,
+                    body.as_bytes(),
+                    head_only,
+                    keep_alive,
+                );
+            } else {
+                debug!(log, "metrics refused"; "conn" => idx, "peer" => %peer);
+                http::write_error(&mut conn.wbuf, Status::Forbidden, "", head_only, keep_alive);
+            }
+            after_response(conn, cx, keep_alive);
+        }
         "/healthz" => {
             let (status, body) = if cx.stopping {
                 (Status::ServiceUnavailable, "stopping\n")

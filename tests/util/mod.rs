@@ -110,7 +110,13 @@ impl Server {
     /// for its `chatd listening on http://ADDR/` line and returns it running.
     pub fn start(extra_toml: &str) -> Server {
         let dir = TempDir::new("server");
-        let config = dir.write("chatd.toml", &format!("listen = \"127.0.0.1:0\"\n{extra_toml}\n"));
+        // chatd refuses to keep root (CI runs as root): run as `nobody`, as a deployment would.
+        // SAFETY: geteuid has no preconditions.
+        let as_root = unsafe { libc::geteuid() } == 0;
+        let user =
+            if as_root && !extra_toml.contains("user =") { "user = \"nobody\"\n" } else { "" };
+        let config =
+            dir.write("chatd.toml", &format!("listen = \"127.0.0.1:0\"\n{user}{extra_toml}\n"));
         let stderr = fs::File::create(dir.path().join("stderr.log")).expect("create stderr log");
         let mut child = Command::new(chatd_bin())
             .arg("--config")
