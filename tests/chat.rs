@@ -1,0 +1,690 @@
+//! The roulette end to end: real WebSocket clients (tungstenite) against the real `chatd`
+//! binary. Pairing, relay (unchanged text, no echo), typing, skip, leave, disconnect, interests
+//! and the interest timeout, the re-match cooldown, every error code, the rate limit, abuse
+//! (1008), binary frames (1003), several pairs at once, the online count and a slow reader.
+//!
+//! Every test starts its own server, so tests run in parallel. Timeouts that a test waits for are
+//! configured short through the `[chat]` table; waits for "nothing happens" are at most 300 ms.
+
+mod util;
+
+use std::{
+    io::ErrorKind,
+    net::TcpStream,
+    time::{Duration, Instant},
+};
+
+use serde_json::{json, Value};
+use tungstenite::{protocol::CloseFrame, Message, WebSocket};
+use util::{Server, TIMEOUT};
+
+/// How long a negative check ("no echo", "not matched") listens.
+const SILENCE_MS: u64 = 200;
+
+/// A chat client over tungstenite. Every read has a deadline, so nothing hangs.
+struct Client {
+    ws: WebSocket<TcpStream>,
+    /// The `welcome` message the server sent on connect.
+    welcome: Value,
+}
+
+impl Client {
+    /// Opens a WebSocket on `/ws` and reads the welcome.
+    fn connect(server: &Server) -> Client {
+        let (ws, response) = util::tungstenite_connect(server);
+        assert_eq!(response.status(), 101);
+        // Small frames go out at once (no Nagle delay waiting for a delayed ACK).
+        ws.get_ref().set_nodelay(true).expect("set TCP_NODELAY");
+        let mut c = Client { ws, welcome: Value::Null };
+        let welcome = c.recv_any();
+        assert_eq!(welcome["type"], "welcome", "the first message is the welcome: {welcome}");
+        c.welcome = welcome;
+        c
+    }
+
+    /// Sends `v` as a text frame.
+    fn send(&mut self, v: Value) {
+        self.send_text(&v.to_string());
+    }
+
+    /// Sends raw text (for invalid JSON).
+    fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::Text(text.to_owned())).expect("send a text frame");
+    }
+
+    /// `{"type":"search"}` with these interests (none when empty).
+    fn search(&mut self, interests: &[&str]) {
+        if interests.is_empty() {
+            self.send(json!({"type": "search"}));
+        } else {
+            self.send(json!({"type": "search", "interests": interests}));
+        }
+    }
+
+    /// A chat message.
+    fn say(&mut self, text: &str) {
+        self.send(json!({"type": "message", "text": text}));
+    }
+
+    /// The next WebSocket message before `deadline`, skipping pings and pongs; `None` on timeout.
+    /// Always looks at least once (for 1 ms), so a deadline of now checks what has arrived.
+    /// Panics if the connection closes.
+    fn read_until(&mut self, deadline: Instant) -> Option<Message> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let left = left.max(Duration::from_millis(1));
+            self.ws.get_ref().set_read_timeout(Some(left)).expect("set read timeout");
+            match self.ws.read() {
+                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
+                Ok(m) => return Some(m),
+                Err(tungstenite::Error::Io(e))
+                    if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+                {
+                    if Instant::now() >= deadline {
+                        return None;
+                    }
+                }
+                Err(e) => panic!("reading from chatd: {e}"),
+            }
+        }
+    }
+
+    /// The next JSON message before `deadline`, including `online`; `None` on timeout.
+    fn next_json(&mut self, deadline: Instant) -> Option<Value> {
+        match self.read_until(deadline)? {
+            Message::Text(t) => {
+                Some(serde_json::from_str(&t).unwrap_or_else(|e| panic!("not JSON ({e}): {t:?}")))
+            }
+            other => panic!("expected a JSON text message, got {other:?}"),
+        }
+    }
+
+    /// The next JSON message, `online` included. Panics after [`TIMEOUT`].
+    fn recv_any(&mut self) -> Value {
+        self.next_json(Instant::now() + TIMEOUT)
+            .unwrap_or_else(|| panic!("no message within {TIMEOUT:?}"))
+    }
+
+    /// The next JSON message that is not `online`. Panics after [`TIMEOUT`].
+    fn recv(&mut self) -> Value {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let v =
+                self.next_json(deadline).unwrap_or_else(|| panic!("no message within {TIMEOUT:?}"));
+            if v["type"] != "online" {
+                return v;
+            }
+        }
+    }
+
+    /// The next (non-`online`) message equals `expected` exactly.
+    fn expect(&mut self, expected: Value) {
+        let got = self.recv();
+        assert_eq!(got, expected);
+    }
+
+    /// The next (non-`online`) message has type `kind`; returns it.
+    fn expect_type(&mut self, kind: &str) -> Value {
+        let got = self.recv();
+        assert_eq!(got["type"], kind, "expected a {kind:?} message, got {got}");
+        got
+    }
+
+    /// The next message is `{"type":"error","code":code,"message":"..."}` with a non-empty
+    /// human-readable message and no other field.
+    fn expect_error(&mut self, code: &str) {
+        let got = self.recv();
+        assert_eq!(got["type"], "error", "expected error {code:?}, got {got}");
+        assert_eq!(got["code"], code, "{got}");
+        assert!(got["message"].as_str().is_some_and(|m| !m.is_empty()), "{got}");
+        assert_eq!(got.as_object().map(|o| o.len()), Some(3), "exactly type, code, message: {got}");
+    }
+
+    /// Nothing but `online` messages arrives for `ms` milliseconds, and the connection stays open.
+    fn expect_silence(&mut self, ms: u64) {
+        let deadline = Instant::now() + Duration::from_millis(ms);
+        while let Some(v) = self.next_json(deadline) {
+            assert_eq!(v["type"], "online", "expected silence, got {v}");
+        }
+    }
+
+    /// The server closes the WebSocket with `code` (application messages before the close frame
+    /// are skipped and returned).
+    fn expect_close(&mut self, code: u16) -> Vec<Value> {
+        let deadline = Instant::now() + TIMEOUT;
+        let mut before = Vec::new();
+        loop {
+            match self.read_until(deadline) {
+                Some(Message::Text(t)) => before.push(serde_json::from_str(&t).expect("JSON")),
+                Some(Message::Close(frame)) => {
+                    let got = frame.as_ref().map(|f: &CloseFrame<'_>| u16::from(f.code));
+                    assert_eq!(got, Some(code), "close frame {frame:?}");
+                    return before;
+                }
+                Some(other) => panic!("expected close {code}, got {other:?}"),
+                None => panic!("no close frame within {TIMEOUT:?}"),
+            }
+        }
+    }
+}
+
+/// None of `clients` receives anything but `online` for [`SILENCE_MS`] (waited once, in total).
+fn expect_all_silent<'a>(clients: impl IntoIterator<Item = &'a mut Client>) {
+    let deadline = Instant::now() + Duration::from_millis(SILENCE_MS);
+    for c in clients {
+        while let Some(v) = c.next_json(deadline) {
+            assert_eq!(v["type"], "online", "expected silence, got {v}");
+        }
+    }
+}
+
+/// Connects two clients and pairs them (`a` searches first); both have seen `searching` and
+/// `matched` with no common interests.
+fn pair(server: &Server) -> (Client, Client) {
+    let mut a = Client::connect(server);
+    let mut b = Client::connect(server);
+    a.search(&[]);
+    a.expect(json!({"type": "searching"}));
+    b.search(&[]);
+    b.expect(json!({"type": "searching"}));
+    a.expect(json!({"type": "matched", "common_interests": []}));
+    b.expect(json!({"type": "matched", "common_interests": []}));
+    (a, b)
+}
+
+fn message(text: &str) -> Value {
+    json!({"type": "message", "text": text})
+}
+
+fn partner_left(reason: &str) -> Value {
+    json!({"type": "partner_left", "reason": reason})
+}
+
+#[test]
+fn welcome_reports_online_and_max_message_chars() {
+    let server = Server::start("[chat]\nmax_message_chars = 50\nonline_interval = \"1h\"");
+    let a = Client::connect(&server);
+    assert_eq!(a.welcome, json!({"type": "welcome", "online": 1, "max_message_chars": 50}));
+    let b = Client::connect(&server);
+    assert_eq!(b.welcome, json!({"type": "welcome", "online": 2, "max_message_chars": 50}));
+    drop(b);
+
+    let server = Server::start("");
+    let c = Client::connect(&server);
+    assert_eq!(c.welcome, json!({"type": "welcome", "online": 1, "max_message_chars": 2000}));
+}
+
+#[test]
+fn two_searchers_are_matched() {
+    let server = Server::start("");
+    let (mut a, mut b) = pair(&server);
+    a.expect_silence(SILENCE_MS);
+    b.expect_silence(0);
+}
+
+#[test]
+fn messages_are_relayed_unchanged_both_ways_without_echo() {
+    let server = Server::start("");
+    let (mut a, mut b) = pair(&server);
+    let texts = [
+        "hello",
+        "héllo wörld ✓ 日本語 😀👩‍👩‍👧",
+        "two\nlines\r\nand a\ttab",
+        "<img src=x onerror=alert(1)>",
+        "  leading and trailing spaces  ",
+        "\"quotes\" \\backslash\\ </script> &amp; \u{0} nul",
+    ];
+    for text in texts {
+        a.say(text);
+        b.expect(message(text));
+        // A different reply, so that an echo of A's own line could not pass for it.
+        let reply = format!("{text}|reply");
+        b.say(&reply);
+        a.expect(message(&reply));
+    }
+    // The raw frame too: the text is a JSON string that decodes to exactly what was sent.
+    a.say("<b>x</b>");
+    match b.read_until(Instant::now() + TIMEOUT) {
+        Some(Message::Text(t)) => {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            assert_eq!(v, message("<b>x</b>"), "raw frame {t:?}");
+        }
+        other => panic!("expected the message, got {other:?}"),
+    }
+    a.expect_silence(SILENCE_MS);
+    b.expect_silence(0);
+}
+
+#[test]
+fn typing_is_relayed() {
+    let server = Server::start("");
+    let (mut a, mut b) = pair(&server);
+    a.send(json!({"type": "typing", "active": true}));
+    b.expect(json!({"type": "typing", "active": true}));
+    a.send(json!({"type": "typing", "active": false}));
+    b.expect(json!({"type": "typing", "active": false}));
+    b.send(json!({"type": "typing", "active": true}));
+    a.expect(json!({"type": "typing", "active": true}));
+    b.say("done");
+    a.expect(message("done"));
+    a.expect_silence(SILENCE_MS);
+    b.expect_silence(0);
+}
+
+#[test]
+fn search_during_a_chat_skips_and_the_cooldown_pairs_someone_else() {
+    let server = Server::start("[chat]\nrematch_cooldown = \"10s\"");
+    let (mut a, mut b) = pair(&server);
+    a.search(&[]);
+    a.expect(json!({"type": "searching"}));
+    b.expect(partner_left("next"));
+    // B searches again at once: A is waiting, but they just parted.
+    b.search(&[]);
+    b.expect(json!({"type": "searching"}));
+    a.expect_silence(SILENCE_MS);
+    b.expect_silence(0);
+    // C arrives: A waited longest and may take C.
+    let mut c = Client::connect(&server);
+    c.search(&[]);
+    c.expect(json!({"type": "searching"}));
+    c.expect(json!({"type": "matched", "common_interests": []}));
+    a.expect(json!({"type": "matched", "common_interests": []}));
+    a.say("from a");
+    c.expect(message("from a"));
+    // D takes B.
+    let mut d = Client::connect(&server);
+    d.search(&[]);
+    d.expect(json!({"type": "searching"}));
+    d.expect(json!({"type": "matched", "common_interests": []}));
+    b.expect(json!({"type": "matched", "common_interests": []}));
+    b.say("from b");
+    d.expect(message("from b"));
+    expect_all_silent([&mut a, &mut b, &mut c, &mut d]);
+}
+
+#[test]
+fn leave_ends_the_chat_for_the_partner() {
+    let server = Server::start("");
+    let (mut a, mut b) = pair(&server);
+    a.send(json!({"type": "leave"}));
+    b.expect(partner_left("left"));
+    a.expect_silence(SILENCE_MS);
+    // Neither is in a chat any more.
+    b.say("anyone?");
+    b.expect_error("not_in_chat");
+    a.expect_silence(0);
+}
+
+#[test]
+fn leave_while_searching_cancels_the_search() {
+    let server = Server::start("");
+    let mut c = Client::connect(&server);
+    c.search(&[]);
+    c.expect(json!({"type": "searching"}));
+    c.send(json!({"type": "leave"}));
+    let mut d = Client::connect(&server);
+    d.search(&[]);
+    d.expect(json!({"type": "searching"}));
+    d.expect_silence(SILENCE_MS);
+    c.expect_silence(0);
+    // D is still searching and gets the next one.
+    let mut e = Client::connect(&server);
+    e.search(&[]);
+    e.expect(json!({"type": "searching"}));
+    e.expect(json!({"type": "matched", "common_interests": []}));
+    d.expect(json!({"type": "matched", "common_interests": []}));
+    c.expect_silence(50);
+}
+
+#[test]
+fn dropped_connection_tells_the_partner_disconnected() {
+    let server = Server::start("");
+    let (a, mut b) = pair(&server);
+    drop(a);
+    b.expect(partner_left("disconnected"));
+    b.expect_silence(SILENCE_MS);
+}
+
+#[test]
+fn shared_interests_are_preferred_and_reported() {
+    let server = Server::start("[chat]\ninterest_timeout = \"5s\"");
+    let mut a = Client::connect(&server);
+    let mut b = Client::connect(&server);
+    let mut c = Client::connect(&server);
+    a.search(&["music", "Chess "]);
+    a.expect(json!({"type": "searching"}));
+    // C takes anyone, but A is still waiting for a shared interest.
+    c.search(&[]);
+    c.expect(json!({"type": "searching"}));
+    a.expect_silence(SILENCE_MS);
+    c.expect_silence(0);
+    b.search(&["chess"]);
+    b.expect(json!({"type": "searching"}));
+    b.expect(json!({"type": "matched", "common_interests": ["chess"]}));
+    a.expect(json!({"type": "matched", "common_interests": ["chess"]}));
+    a.say("e4");
+    b.expect(message("e4"));
+    c.expect_silence(50);
+}
+
+#[test]
+fn interest_timeout_then_anyone() {
+    let server = Server::start("[chat]\ninterest_timeout = \"300ms\"");
+    let mut a = Client::connect(&server);
+    let mut b = Client::connect(&server);
+    let start = Instant::now();
+    a.search(&["rare"]);
+    a.expect(json!({"type": "searching"}));
+    b.search(&[]);
+    b.expect(json!({"type": "searching"}));
+    b.expect_silence(100);
+    a.expect(json!({"type": "matched", "common_interests": []}));
+    b.expect(json!({"type": "matched", "common_interests": []}));
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_millis(300), "matched after {waited:?}, before the timeout");
+    assert!(waited < Duration::from_secs(3), "matched only after {waited:?}");
+}
+
+#[test]
+fn parted_pair_is_not_rematched_within_the_cooldown() {
+    let server = Server::start("[chat]\nrematch_cooldown = \"1s\"");
+    let (mut a, mut b) = pair(&server);
+    let parted = Instant::now();
+    a.send(json!({"type": "leave"}));
+    b.expect(partner_left("left"));
+    a.search(&[]);
+    a.expect(json!({"type": "searching"}));
+    b.search(&[]);
+    b.expect(json!({"type": "searching"}));
+    a.expect_silence(300);
+    b.expect_silence(0);
+    a.expect(json!({"type": "matched", "common_interests": []}));
+    b.expect(json!({"type": "matched", "common_interests": []}));
+    let waited = parted.elapsed();
+    assert!(waited >= Duration::from_secs(1), "re-paired after {waited:?}, within the cooldown");
+    assert!(waited < Duration::from_secs(4), "re-paired only after {waited:?}");
+    a.say("again");
+    b.expect(message("again"));
+}
+
+#[test]
+fn invalid_json_and_unknown_type_are_errors_that_keep_the_connection() {
+    let server = Server::start("");
+    let (mut a, mut b) = pair(&server);
+    let cases = [
+        ("not json", "invalid_json"),
+        ("{\"type\":\"message\",\"text\":\"unterminated", "invalid_json"),
+        ("[\"message\",\"hi\"]", "invalid_json"),
+        ("\"message\"", "invalid_json"),
+        ("{\"text\":\"no type\"}", "invalid_json"),
+        ("{\"type\":42}", "invalid_json"),
+        ("{\"type\":\"message\"}", "invalid_json"),
+        ("{\"type\":\"typing\",\"active\":\"yes\"}", "invalid_json"),
+        ("{\"type\":\"dance\"}", "unknown_type"),
+        ("{\"type\":\"MESSAGE\",\"text\":\"hi\"}", "unknown_type"),
+    ];
+    for (i, (input, code)) in cases.into_iter().enumerate() {
+        a.send_text(input);
+        a.expect_error(code);
+        let ok = format!("still here {i}");
+        a.say(&ok);
+        b.expect(message(&ok));
+    }
+    a.expect_silence(SILENCE_MS);
+    b.expect_silence(0);
+}
+
+#[test]
+fn not_in_chat_errors_keep_the_connection() {
+    let server = Server::start("");
+    let mut a = Client::connect(&server);
+    a.say("hello?");
+    a.expect_error("not_in_chat");
+    a.send(json!({"type": "typing", "active": true}));
+    a.expect_error("not_in_chat");
+    a.search(&[]);
+    a.expect(json!({"type": "searching"}));
+    // Searching is not chatting either.
+    a.say("hello?");
+    a.expect_error("not_in_chat");
+    a.send(json!({"type": "typing", "active": false}));
+    a.expect_error("not_in_chat");
+    let mut b = Client::connect(&server);
+    b.search(&[]);
+    b.expect(json!({"type": "searching"}));
+    b.expect_type("matched");
+    a.expect(json!({"type": "matched", "common_interests": []}));
+    a.say("hello!");
+    b.expect(message("hello!"));
+}
+
+#[test]
+fn message_too_long_counts_unicode_scalar_values() {
+    let server = Server::start("[chat]\nmax_message_chars = 50");
+    let (mut a, mut b) = pair(&server);
+    // 50 characters of 2, 3 and 4 bytes each: at the limit, delivered.
+    for c in ["é", "€", "😀"] {
+        let at_limit = c.repeat(50);
+        assert!(at_limit.len() > 50);
+        a.say(&at_limit);
+        b.expect(message(&at_limit));
+    }
+    let ascii = "x".repeat(50);
+    a.say(&ascii);
+    b.expect(message(&ascii));
+    // 51 characters: refused, not delivered, and the connection goes on.
+    for c in ["x", "é", "😀"] {
+        a.say(&c.repeat(51));
+        a.expect_error("message_too_long");
+        b.expect_silence(50);
+        a.say("short");
+        b.expect(message("short"));
+    }
+}
+
+#[test]
+fn empty_message_is_refused() {
+    let server = Server::start("");
+    let (mut a, mut b) = pair(&server);
+    for empty in ["", "   ", "\n\t \r\n"] {
+        a.say(empty);
+        a.expect_error("empty_message");
+        b.expect_silence(50);
+        a.say("not empty");
+        b.expect(message("not empty"));
+    }
+}
+
+#[test]
+fn over_the_rate_a_message_is_dropped_with_rate_limited() {
+    let server = Server::start("[chat]\nrate_burst = 3\nrate_per_second = 0.5");
+    let (mut a, mut b) = pair(&server);
+    for i in 1..=4 {
+        a.say(&format!("m{i}"));
+    }
+    a.expect_error("rate_limited");
+    for i in 1..=3 {
+        b.expect(message(&format!("m{i}")));
+    }
+    b.expect_silence(SILENCE_MS);
+    // Typing shares the bucket.
+    a.send(json!({"type": "typing", "active": true}));
+    a.expect_error("rate_limited");
+    b.expect_silence(50);
+    // The connection is still served: a skip works.
+    a.search(&[]);
+    a.expect(json!({"type": "searching"}));
+    b.expect(partner_left("next"));
+    b.expect_silence(50);
+}
+
+#[test]
+fn bad_interests_are_refused_and_start_no_search() {
+    let server = Server::start("");
+    let mut a = Client::connect(&server);
+    let too_long = "x".repeat(33);
+    let bad = [
+        json!({"type": "search", "interests": ["a", "b", "c", "d", "e", "f"]}),
+        json!({"type": "search", "interests": [too_long]}),
+        json!({"type": "search", "interests": ["music", 1]}),
+        json!({"type": "search", "interests": "music"}),
+        json!({"type": "search", "interests": ["   "]}),
+    ];
+    for v in bad {
+        a.send(v);
+        a.expect_error("bad_interests");
+    }
+    // None of those started a search: B is not matched with A.
+    let mut b = Client::connect(&server);
+    b.search(&[]);
+    b.expect(json!({"type": "searching"}));
+    b.expect_silence(SILENCE_MS);
+    a.expect_silence(0);
+    // A valid search on the same connection works. At the limits: 5 interests (6 given, with a
+    // duplicate after normalisation) and 32 characters.
+    let longest = "y".repeat(32);
+    a.search(&["a", "b", "c", "d", &longest, " A "]);
+    a.expect(json!({"type": "searching"}));
+    a.search(&[]);
+    a.expect(json!({"type": "searching"}));
+    a.expect(json!({"type": "matched", "common_interests": []}));
+    b.expect(json!({"type": "matched", "common_interests": []}));
+}
+
+#[test]
+fn sustained_abuse_is_closed_with_1008() {
+    let server = Server::start("");
+    let (mut a, mut b) = pair(&server);
+    for _ in 0..60 {
+        // The server may close the connection before the last ones are written.
+        if a.ws.send(Message::Text("garbage".to_owned())).is_err() {
+            break;
+        }
+    }
+    let errors = a.expect_close(1008);
+    assert!(!errors.is_empty() && errors.len() < 60, "{} errors before the close", errors.len());
+    for e in &errors {
+        assert_eq!(e["type"], "error", "{e}");
+        assert_eq!(e["code"], "invalid_json", "{e}");
+    }
+    b.expect(partner_left("disconnected"));
+    // Others are still served.
+    let mut c = Client::connect(&server);
+    c.search(&[]);
+    c.expect(json!({"type": "searching"}));
+}
+
+#[test]
+fn binary_frame_is_closed_with_1003_and_the_partner_is_told() {
+    let server = Server::start("");
+    let (mut a, mut b) = pair(&server);
+    a.ws.send(Message::Binary(b"{\"type\":\"message\",\"text\":\"hi\"}".to_vec())).unwrap();
+    let before = a.expect_close(1003);
+    assert!(before.is_empty(), "{before:?}");
+    b.expect(partner_left("disconnected"));
+    b.expect_silence(SILENCE_MS);
+}
+
+#[test]
+fn six_clients_make_three_private_pairs() {
+    let server = Server::start("");
+    let mut clients: Vec<Client> = (0..6).map(|_| Client::connect(&server)).collect();
+    for c in &mut clients {
+        c.search(&[]);
+        c.expect(json!({"type": "searching"}));
+    }
+    for c in &mut clients {
+        c.expect(json!({"type": "matched", "common_interests": []}));
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.say(&format!("from {i}"));
+    }
+    // Each receives exactly one message, from its partner; partnership is mutual.
+    let mut partner = [usize::MAX; 6];
+    for (i, c) in clients.iter_mut().enumerate() {
+        let v = c.expect_type("message");
+        let from: usize = v["text"]
+            .as_str()
+            .and_then(|t| t.strip_prefix("from "))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{v}"));
+        assert_ne!(from, i, "client {i} got its own message back");
+        partner[i] = from;
+    }
+    for i in 0..6 {
+        assert_eq!(partner[partner[i]], i, "not mutual: {partner:?}");
+    }
+    // First come, first paired.
+    assert_eq!(partner, [1, 0, 3, 2, 5, 4]);
+    expect_all_silent(&mut clients);
+    // Replies reach only the partner too.
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.say(&format!("reply {i}"));
+    }
+    for (c, p) in clients.iter_mut().zip(partner) {
+        c.expect(message(&format!("reply {p}")));
+    }
+    expect_all_silent(&mut clients);
+}
+
+#[test]
+fn online_count_is_broadcast_when_it_changes() {
+    let server = Server::start("[chat]\nonline_interval = \"100ms\"");
+    let mut a = Client::connect(&server);
+    let mut b = Client::connect(&server);
+    let c = Client::connect(&server);
+    assert_eq!(c.welcome["online"], 3);
+    /// Reads `online` messages until one says `n`; others are only allowed in between.
+    fn await_count(x: &mut Client, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let v = x
+                .next_json(deadline)
+                .unwrap_or_else(|| panic!("no {{\"type\":\"online\",\"count\":{n}}} within 2 s"));
+            assert_eq!(v["type"], "online", "{v}");
+            if v["count"] == n {
+                assert_eq!(v, json!({"type": "online", "count": n}));
+                return;
+            }
+        }
+    }
+    await_count(&mut a, 3);
+    await_count(&mut b, 3);
+    drop(c);
+    await_count(&mut a, 2);
+    await_count(&mut b, 2);
+    // Nothing changes, nothing is sent.
+    if let Some(v) = a.next_json(Instant::now() + Duration::from_millis(250)) {
+        panic!("unexpected {v} while the count stays 2");
+    }
+}
+
+#[test]
+fn slow_reader_is_disconnected_and_the_partner_told() {
+    let server = Server::start(
+        "max_outbound_bytes = 65536\n[chat]\nrate_per_second = 1000000.0\nrate_burst = 1000000",
+    );
+    let (mut a, b) = pair(&server);
+    // B never reads. A sends 2000-character messages (8 KB each) until the server gives up on B.
+    let big = json!({"type": "message", "text": "😀".repeat(2000)}).to_string();
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let left = loop {
+        assert!(start.elapsed() < Duration::from_secs(20), "B still connected after {sent} msgs");
+        a.send_text(&big);
+        sent += 1;
+        if sent % 16 == 0 {
+            if let Some(v) = a.next_json(Instant::now() + Duration::from_millis(1)) {
+                if v["type"] != "online" {
+                    break v;
+                }
+            }
+        }
+    };
+    assert_eq!(left, partner_left("disconnected"), "after {sent} messages");
+    drop(b);
+    // The server is fine.
+    let mut c = Client::connect(&server);
+    c.search(&[]);
+    c.expect(json!({"type": "searching"}));
+}
