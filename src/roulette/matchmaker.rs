@@ -60,6 +60,11 @@ pub struct Match {
     pub searcher: PeerId,
     /// The interests both gave, sorted; empty for a random match.
     pub common_interests: Interests,
+    /// When `waiting` started the search that made this match (a repeated search keeps the
+    /// first one's instant, as it keeps the place in the queue).
+    pub waiting_since: Instant,
+    /// When `searcher` started the search that made this match (`now` for a first search).
+    pub searcher_since: Instant,
 }
 
 /// One person in the queue.
@@ -226,7 +231,13 @@ impl Matchmaker {
         if let Some(other) = found {
             if let Some(o) = self.remove(other) {
                 let common_interests = w.interests.intersection(&o.interests);
-                return Some(Match { waiting: other, searcher: peer, common_interests });
+                return Some(Match {
+                    waiting: other,
+                    searcher: peer,
+                    common_interests,
+                    waiting_since: o.since,
+                    searcher_since: w.since,
+                });
             }
         }
         w.blocked_since = blocked_since;
@@ -651,6 +662,24 @@ mod tests {
         check(&mm);
         let m = mm.handle_search(c.at(3.0), p(3), int(&["chess", "music"])).unwrap();
         assert_eq!(m.waiting, p(1), "p1 kept its place ahead of p2");
+    }
+
+    #[test]
+    fn a_match_says_when_each_side_started_searching() {
+        let (mut mm, c) = setup();
+        assert_eq!(mm.handle_search(c.at(0.0), p(1), int(&["music"])), None);
+        assert_eq!(mm.handle_search(c.at(1.0), p(2), int(&["chess"])), None);
+        assert_eq!(mm.handle_search(c.at(2.0), p(2), int(&["chess"])), None);
+        let m = mm.handle_search(c.at(3.0), p(3), int(&["chess"])).unwrap();
+        assert_eq!(m.waiting, p(2));
+        assert_eq!((m.waiting_since, m.searcher_since), (c.at(1.0), c.at(3.0)), "p2 repeated");
+        // A match made by a timer: p1's interest deadline passes and it takes p4.
+        assert_eq!(mm.handle_search(c.at(4.0), p(4), Interests::none()), None);
+        let mut out = Vec::new();
+        mm.handle_timeout(c.at(5.0), &mut out);
+        let m = out.pop().unwrap();
+        assert_eq!((m.waiting, m.searcher), (p(4), p(1)));
+        assert_eq!((m.waiting_since, m.searcher_since), (c.at(4.0), c.at(0.0)));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //!
 //! - [`protocol`]: the JSON messages and [`ProtocolError`], the one error enum of this layer.
 //! - [`matchmaker`]: the queue and the pairing rules (interests, timeouts, cooldown).
+//! - [`metrics`]: the counters and their Prometheus exposition (`App::write_metrics`).
 //! - This file: per-connection state ([`Roulette`] keeps a `HashMap<PeerId, Peer>` of about
 //!   100 bytes each), rate limits, the chat lifecycle and the online count.
 //!
@@ -30,6 +31,7 @@ use std::{collections::HashMap, time::Instant};
 
 use self::{
     matchmaker::{Match, Matchmaker},
+    metrics::RouletteCounters,
     protocol::{ClientMessage, Interests, LeaveReason, ProtocolError, ServerMessage},
 };
 use crate::{
@@ -38,6 +40,7 @@ use crate::{
 };
 
 pub mod matchmaker;
+pub mod metrics;
 pub mod protocol;
 
 /// Close code for a binary frame: the protocol is JSON text only (RFC 6455 §7.4.1).
@@ -156,6 +159,7 @@ pub struct Roulette {
     online: OnlineCount,
     /// `handle_shutdown` ran: no more matching, no more online broadcasts.
     is_draining: bool,
+    counters: RouletteCounters,
 }
 
 impl Roulette {
@@ -168,6 +172,7 @@ impl Roulette {
             pairs: 0,
             online: OnlineCount::default(),
             is_draining: false,
+            counters: RouletteCounters::default(),
         }
     }
 
@@ -187,6 +192,11 @@ impl Roulette {
             searching: self.matchmaker.len(),
             pairs: self.pairs,
         }
+    }
+
+    /// Counters for metrics, since the roulette was created.
+    pub fn counters(&self) -> &RouletteCounters {
+        &self.counters
     }
 
     fn handle_open(&mut self, now: Instant, peer: PeerId, out: &mut Vec<Action>) {
@@ -262,7 +272,7 @@ impl Roulette {
             return Ok(()); // The server is closing everyone; do not start chats now.
         }
         if let Some(m) = self.matchmaker.handle_search(now, peer, interests) {
-            self.start_chat(m, out);
+            self.start_chat(now, m, out);
         }
         Ok(())
     }
@@ -292,6 +302,7 @@ impl Roulette {
             return Err(ProtocolError::RateLimited);
         }
         p.typing = false;
+        self.counters.messages_relayed += 1;
         send(out, partner, &ServerMessage::Message { text });
         Ok(())
     }
@@ -364,7 +375,7 @@ impl Roulette {
     }
 
     /// Starts the chat the matchmaker made; both are told what they share.
-    fn start_chat(&mut self, m: Match, out: &mut Vec<Action>) {
+    fn start_chat(&mut self, now: Instant, m: Match, out: &mut Vec<Action>) {
         for (me, other) in [(m.waiting, m.searcher), (m.searcher, m.waiting)] {
             if let Some(p) = self.peers.get_mut(&me) {
                 // The matchmaker only holds Searching peers: every way out of Searching cancels.
@@ -374,6 +385,10 @@ impl Roulette {
             }
         }
         self.pairs += 1;
+        self.counters.matches += 1;
+        for since in [m.waiting_since, m.searcher_since] {
+            self.counters.match_wait.observe(now.saturating_duration_since(since));
+        }
         let text = ServerMessage::Matched { common_interests: &m.common_interests }.encode();
         for to in [m.waiting, m.searcher] {
             out.push(Action::Send { to, message: Message::Text(text.clone()) });
@@ -411,10 +426,15 @@ impl Roulette {
         out: &mut Vec<Action>,
     ) {
         let Some(p) = self.peers.get_mut(&peer) else { return };
+        if *e == ProtocolError::RateLimited {
+            self.counters.rate_limited += 1;
+        }
         if p.errors.try_take(now, ERROR_PER_SECOND, ERROR_BURST) {
+            self.counters.count_error(e.code());
             let message = e.to_string();
             send(out, peer, &ServerMessage::Error { code: e.code(), message: &message });
         } else {
+            self.counters.abuse_closes += 1;
             self.close(now, peer, CLOSE_POLICY_VIOLATION, REASON_ABUSE, out);
         }
     }
@@ -443,6 +463,7 @@ impl App for Roulette {
             Event::Binary(_) => {
                 let is_live = self.peers.get(&peer).is_some_and(|p| p.state != ChatState::Closing);
                 if is_live {
+                    self.counters.binary_closes += 1;
                     self.close(now, peer, CLOSE_UNSUPPORTED_DATA, REASON_BINARY, out);
                 }
             }
@@ -466,13 +487,18 @@ impl App for Roulette {
         let mut matches = Vec::new();
         self.matchmaker.handle_timeout(now, &mut matches);
         for m in matches {
-            self.start_chat(m, out);
+            self.start_chat(now, m, out);
         }
     }
 
     /// Applies the reloaded `[chat]` table (see [`Roulette::set_config`]).
     fn reconfigure(&mut self, config: &crate::config::Config) {
         self.set_config(config.chat.clone());
+    }
+
+    /// Writes the `chatd_` roulette families: see [`metrics`] for the list.
+    fn write_metrics(&self, out: &mut String) {
+        metrics::write(out, self.stats(), &self.counters);
     }
 
     /// Tells everyone in a chat `partner_left {reason: "shutdown"}` (in `PeerId` order, for
@@ -508,7 +534,7 @@ fn send(out: &mut Vec<Action>, to: PeerId, msg: &ServerMessage<'_>) {
 #[cfg(test)]
 mod tests {
     use std::{
-        collections::{BTreeSet, HashMap, VecDeque},
+        collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
         time::Duration,
     };
 
@@ -727,6 +753,169 @@ mod tests {
     fn per_peer_state_is_small() {
         // Many thousands of peers: the per-connection state stays around 100 bytes.
         assert!(std::mem::size_of::<Peer>() <= 112, "{}", std::mem::size_of::<Peer>());
+    }
+
+    /// `write_metrics`, each line's format checked, as `"name{labels}" -> value`.
+    fn metrics_of(d: &Driver) -> BTreeMap<String, f64> {
+        let mut out = String::from("# a line the server wrote\n");
+        d.app.write_metrics(&mut out);
+        let out = out.strip_prefix("# a line the server wrote\n").expect("appends");
+        metrics::tests::parse(out)
+    }
+
+    fn error_count(m: &BTreeMap<String, f64>, code: &str) -> f64 {
+        m[&format!("chatd_errors_total{{code=\"{code}\"}}")]
+    }
+
+    #[test]
+    fn metrics_follow_a_scripted_chat() {
+        let mut d = Driver::with(ChatConfig { rate_burst: 2, ..quiet_config() });
+        let m = metrics_of(&d);
+        assert!(m.values().all(|&v| v == 0.0), "{m:?}");
+        d.join(1);
+        d.join(2);
+        d.search(1);
+        assert_eq!(d.types(1), ["searching"]);
+        let m = metrics_of(&d);
+        assert_eq!(m["chatd_people_online"], 2.0);
+        assert_eq!(m["chatd_people_searching"], 1.0);
+        assert_eq!(m["chatd_pairs"], 0.0);
+        // 2 matches 1 after 1.5 s: 1 waited 1.5 s, 2 not at all.
+        d.at(1.5);
+        d.search(2);
+        assert_eq!(d.types(1), ["matched"]);
+        assert_eq!(d.types(2), ["searching", "matched"]);
+        d.say(1, "one");
+        d.say(2, "two");
+        d.say(1, "three");
+        assert_eq!(d.types(1), ["message"]);
+        assert_eq!(d.types(2), ["message", "message"]);
+        d.text(1, "garbage");
+        d.send(1, json!({"type":"dance"}));
+        d.say(1, "four"); // 1 has spent its burst of 2 and the clock has not moved
+        assert_eq!(d.errors(1), ["invalid_json", "unknown_type", "rate_limited"]);
+        assert!(d.recv(2).is_empty());
+
+        let m = metrics_of(&d);
+        assert_eq!(m["chatd_people_online"], 2.0);
+        assert_eq!(m["chatd_people_searching"], 0.0);
+        assert_eq!(m["chatd_pairs"], 1.0);
+        assert_eq!(m["chatd_messages_relayed_total"], 3.0);
+        assert_eq!(m["chatd_matches_total"], 1.0);
+        let buckets: Vec<(&str, f64)> = metrics::WAIT_BUCKETS
+            .iter()
+            .map(|&(_, le)| le)
+            .chain(["+Inf"])
+            .map(|le| (le, m[&format!("chatd_match_wait_seconds_bucket{{le=\"{le}\"}}")]))
+            .collect();
+        assert_eq!(
+            buckets,
+            [
+                ("0.005", 1.0),
+                ("0.01", 1.0),
+                ("0.05", 1.0),
+                ("0.1", 1.0),
+                ("0.5", 1.0),
+                ("1", 1.0),
+                ("2.5", 2.0),
+                ("5", 2.0),
+                ("10", 2.0),
+                ("30", 2.0),
+                ("60", 2.0),
+                ("+Inf", 2.0),
+            ]
+        );
+        assert_eq!(m["chatd_match_wait_seconds_sum"], 1.5);
+        assert_eq!(m["chatd_match_wait_seconds_count"], 2.0);
+        for code in protocol::ErrorCode::ALL {
+            let expected = match code.as_str() {
+                "invalid_json" | "unknown_type" | "rate_limited" => 1.0,
+                _ => 0.0,
+            };
+            assert_eq!(error_count(&m, code.as_str()), expected, "{code:?}");
+        }
+        assert_eq!(m["chatd_rate_limited_total"], 1.0);
+        assert_eq!(m["chatd_abuse_closes_total"], 0.0);
+        assert_eq!(m["chatd_binary_closes_total"], 0.0);
+        // Nothing else: 3 gauges, 2 counters, 12 buckets + sum + count, 7 codes, 3 counters.
+        assert_eq!(m.len(), 3 + 2 + 14 + 7 + 3);
+
+        // Ending the chat moves the gauges, not the counters.
+        d.leave(2);
+        let m = metrics_of(&d);
+        assert_eq!((m["chatd_pairs"], m["chatd_matches_total"]), (0.0, 1.0));
+        d.closed(1);
+        assert_eq!(metrics_of(&d)["chatd_people_online"], 1.0);
+    }
+
+    #[test]
+    fn metrics_count_closes_and_the_errors_that_cause_them() {
+        let mut d = Driver::new(); // 5/s, burst 20
+        for n in 1..=4 {
+            d.join(n);
+        }
+        d.pair(1, 2);
+        d.search(4);
+        for _ in 0..100 {
+            d.say(1, "spam");
+        }
+        // 20 relayed; the next 20 answered rate_limited; the 41st spends the error budget and
+        // closes with 1008 (dropped for rate, but not answered); the rest are ignored.
+        assert_eq!(d.errors(1).len(), ERROR_BURST as usize);
+        d.event(3, Event::Binary(b"x"));
+        d.event(4, Event::Binary(b"x"));
+        d.event(4, Event::Binary(b"x")); // already closing: not counted twice
+        assert_eq!(
+            d.closes,
+            [(id(1), CLOSE_POLICY_VIOLATION), (id(3), CLOSE_UNSUPPORTED_DATA), (id(4), 1003)]
+        );
+        let m = metrics_of(&d);
+        assert_eq!(m["chatd_messages_relayed_total"], 20.0);
+        assert_eq!(error_count(&m, "rate_limited"), 20.0);
+        assert_eq!(m["chatd_rate_limited_total"], 21.0);
+        assert_eq!(m["chatd_abuse_closes_total"], 1.0);
+        assert_eq!(m["chatd_binary_closes_total"], 2.0);
+        // Closing peers are still online until the server reports them closed.
+        assert_eq!(m["chatd_people_online"], 4.0);
+        assert_eq!((m["chatd_people_searching"], m["chatd_pairs"]), (0.0, 0.0));
+        for n in [1, 3, 4] {
+            d.closed(n);
+        }
+        assert_eq!(metrics_of(&d)["chatd_people_online"], 1.0);
+    }
+
+    #[test]
+    fn match_wait_counts_from_the_first_search_and_timers_too() {
+        let mut d =
+            Driver::with(ChatConfig { interest_timeout: Duration::from_secs(5), ..quiet_config() });
+        d.join(1);
+        d.join(2);
+        d.search_with(1, &["music"]);
+        d.at(0.25);
+        d.search_with(1, &["music", "chess"]); // keeps its place and its start
+        d.at(3.0);
+        d.search(2); // 1 is picky until 5 s: 2 waits
+        d.at(5.0); // the interest deadline's timer makes the match
+        assert_eq!(d.partner_of(1), Some(id(2)));
+        let m = metrics_of(&d);
+        // 1 waited 5 s (le="5" is inclusive), 2 waited 2 s.
+        assert_eq!(m["chatd_match_wait_seconds_bucket{le=\"1\"}"], 0.0);
+        assert_eq!(m["chatd_match_wait_seconds_bucket{le=\"2.5\"}"], 1.0);
+        assert_eq!(m["chatd_match_wait_seconds_bucket{le=\"5\"}"], 2.0);
+        assert_eq!(m["chatd_match_wait_seconds_sum"], 7.0);
+        assert_eq!(m["chatd_match_wait_seconds_count"], 2.0);
+        // A skip is a new search: the skipper's wait starts at the skip.
+        d.join(3);
+        d.search(3);
+        d.at(6.0);
+        d.search(1); // 1 skips 2 and takes 3, who waited 1 s; 1 waited nothing
+        assert_eq!(d.partner_of(1), Some(id(3)));
+        let m = metrics_of(&d);
+        assert_eq!(m["chatd_matches_total"], 2.0);
+        assert_eq!(m["chatd_match_wait_seconds_bucket{le=\"0.005\"}"], 1.0);
+        assert_eq!(m["chatd_match_wait_seconds_bucket{le=\"1\"}"], 2.0);
+        assert_eq!(m["chatd_match_wait_seconds_sum"], 8.0);
+        assert_eq!(m["chatd_match_wait_seconds_count"], 4.0);
     }
 
     #[test]
