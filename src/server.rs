@@ -31,6 +31,8 @@ const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
 const FIRST_CONN: usize = 2;
 
+/// The accept queue asked of the kernel (capped there by `net.core.somaxconn`).
+const LISTEN_BACKLOG: libc::c_int = 4096;
 /// Bytes read per `read` call. One buffer for the whole loop: connections own none while idle.
 const READ_CHUNK: usize = 64 * 1024;
 /// Reads given to one connection per readiness event before others get a turn.
@@ -136,6 +138,14 @@ impl<A: App> Server<A> {
     ) -> io::Result<Server<A>> {
         let poll = Poll::new()?;
         listener.set_nonblocking(true)?;
+        // std listens with a backlog of 128; a reconnect storm after a restart needs more (the
+        // kernel caps it at net.core.somaxconn). Calling listen again on a listening socket
+        // only changes the backlog.
+        use std::os::fd::AsRawFd;
+        // SAFETY: listen on a socket we own, with a plain integer argument.
+        if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
         let mut listener = TcpListener::from_std(listener);
         let local_addr = listener.local_addr()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
