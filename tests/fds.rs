@@ -1,0 +1,98 @@
+//! Running out of file descriptors: chatd stops accepting for a moment, does not spin on the
+//! ready listener, serves the connections it has, and accepts again once descriptors free up.
+mod util;
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpStream},
+    os::unix::process::CommandExt,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use util::{chatd_bin, TempDir, TIMEOUT};
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+fn get_root(addr: SocketAddr) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(1500))).ok()?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+#[test]
+fn out_of_descriptors_pauses_accepting_without_spinning_and_recovers() {
+    let dir = TempDir::new("fds");
+    // SAFETY: geteuid has no preconditions.
+    let user = if unsafe { libc::geteuid() } == 0 { "user = \"nobody\"\n" } else { "" };
+    let config = dir.write("chatd.toml", &format!("listen = \"127.0.0.1:0\"\n{user}"));
+    let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+    let mut cmd = Command::new(chatd_bin());
+    cmd.arg("--config").arg(&config).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr);
+    // SAFETY: setrlimit is async-signal-safe and only touches the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit { rlim_cur: 32, rlim_max: 32 };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("spawn chatd");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr: SocketAddr = line
+        .trim()
+        .trim_start_matches("chatd listening on http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+
+    // Hold connections open until chatd can accept no more: the kernel still completes the
+    // handshakes, so the surplus waits in the listen queue.
+    let mut held = Vec::new();
+    for _ in 0..60 {
+        held.push(TcpStream::connect(addr).expect("connect"));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    assert!(log.contains("cannot accept, pausing"), "no EMFILE warning in the log:\n{log}");
+
+    // While starved, the loop must idle: a spin on the ready listener would burn a whole second.
+    let before = cpu_ticks(child.id());
+    std::thread::sleep(Duration::from_secs(1));
+    let spent = cpu_ticks(child.id()) - before;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    assert!(spent * 4 < hz, "chatd used {spent} ticks of {hz} in one starved second: it spins");
+
+    // Descriptors come back: the queued connections and new ones are served.
+    held.clear();
+    let deadline = Instant::now() + TIMEOUT;
+    let answer = loop {
+        if let Some(a) = get_root(addr).filter(|a| a.starts_with("HTTP/1.1 200")) {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "chatd did not recover");
+    };
+    assert!(answer.ends_with("ok\n"), "{answer}");
+    let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    assert_eq!(
+        log.matches("cannot accept, pausing").count(),
+        1,
+        "the warning is rate-limited:\n{log}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
