@@ -400,6 +400,26 @@ impl Client {
         self.stream.write_all(bytes)
     }
 
+    /// Sends `batch` again and again without reading, until the server gives up on this client
+    /// (reset or broken pipe); fails if it still accepts after 512 MiB.
+    pub fn send_until_refused(&mut self, batch: &[u8]) {
+        let mut sent = 0usize;
+        let refused = loop {
+            if let Err(e) = self.try_send(batch) {
+                break e;
+            }
+            sent += batch.len();
+            assert!(sent < 512 << 20, "still connected after {sent} bytes sent without reading");
+        };
+        assert!(
+            matches!(
+                refused.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ),
+            "{refused}"
+        );
+    }
+
     /// Shuts the write side (sends FIN).
     pub fn shutdown_write(&self) {
         self.stream.shutdown(Shutdown::Write).expect("shutdown");
