@@ -162,7 +162,7 @@ fn run(args: Args) -> Result<(), String> {
             return Err(message);
         }
     }
-    let result = serve(config, site, listener, log_file, account.as_ref(), &mut ready);
+    let result = serve(config, site, listener, log_file, account.as_ref(), &mut ready, detach);
     if let Err(e) = &result {
         ready.fail(e);
     }
@@ -199,6 +199,7 @@ fn serve(
     log_file: Option<LogFile>,
     account: Option<&Account>,
     ready: &mut Readiness,
+    detached: bool,
 ) -> Result<(), String> {
     if let Some(acct) = account {
         daemon::drop_privileges(acct).map_err(|e| e.to_string())?;
@@ -220,7 +221,11 @@ fn serve(
             "started as root on built-in defaults: running as nobody (set `user` in a config)"
         );
     }
-    println!("chatd listening on http://{addr}/");
+    if !detached {
+        // A detached daemon's stdout is its log file, where only log records belong; the start
+        // record above carries the address.
+        println!("chatd listening on http://{addr}/");
+    }
     server
         .handle_signals(Control { level, log_file, notifier })
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
