@@ -86,7 +86,10 @@ pub enum Action {
         /// The message.
         message: Message,
     },
-    /// Send one text message to every open peer (encoded once, copied to each).
+    /// Send one text message to every open peer (encoded once, copied to each). The server
+    /// copies it out a slice of peers per loop turn, so that a large broadcast does not stall
+    /// every other connection: a peer may receive it after messages sent to it later, and a
+    /// peer that connects meanwhile may receive it too.
     Broadcast {
         /// The text.
         text: String,

@@ -71,9 +71,18 @@ struct Partial {
 }
 
 /// The incoming half of a WebSocket connection.
+///
+/// Kept small (16 bytes), because every open connection holds one: what only fragmented
+/// messages and frames cut by a read need lives in a box that exists only while they do.
 #[derive(Debug)]
 pub struct Session {
     max_message: usize,
+    rare: Option<Box<Assembly>>,
+}
+
+/// The state of a fragmented message or of a frame cut by a read.
+#[derive(Debug, Default)]
+struct Assembly {
     partial: Option<Partial>,
     /// For an incomplete text frame at the head of the buffer: payload bytes already checked.
     scanned: Option<(usize, Utf8Scan)>,
@@ -84,7 +93,7 @@ pub struct Session {
 impl Session {
     /// A session accepting frames and messages of at most `max_message` bytes.
     pub fn new(max_message: usize) -> Session {
-        Session { max_message, partial: None, scanned: None, assembled: Vec::new() }
+        Session { max_message, rare: None }
     }
 
     /// Changes the message limit (a reload); a message already being assembled keeps going
@@ -95,7 +104,7 @@ impl Session {
 
     /// Whether the session holds no buffered data.
     pub fn is_idle(&self) -> bool {
-        self.partial.is_none() && self.assembled.capacity() == 0
+        self.rare.as_ref().is_none_or(|r| r.partial.is_none() && r.assembled.capacity() == 0)
     }
 
     /// Decodes one frame from the start of `buf`, unmasking it in place.
@@ -107,12 +116,19 @@ impl Session {
         &'a mut self,
         buf: &'a mut [u8],
     ) -> Result<Option<(usize, Option<Incoming<'a>>)>> {
-        if self.assembled.capacity() > 0 {
-            self.assembled = Vec::new();
+        // The message lent out by the last call is freed now; a session with nothing in
+        // progress gives its box back.
+        if let Some(rare) = &mut self.rare {
+            if rare.partial.is_none() && rare.scanned.is_none() {
+                self.rare = None;
+            } else {
+                rare.assembled = Vec::new();
+            }
         }
         let Some((h, hlen)) = parse_header(buf)? else { return Ok(None) };
         let mask = h.mask.ok_or(ProtocolError::UnmaskedFrame)?;
-        let text = match (h.opcode, &self.partial) {
+        let partial = self.rare.as_ref().and_then(|r| r.partial.as_ref());
+        let text = match (h.opcode, partial) {
             (OpCode::Continuation, None) => return Err(ProtocolError::UnexpectedContinuation),
             (OpCode::Text | OpCode::Binary, Some(_)) => {
                 return Err(ProtocolError::ExpectedContinuation)
@@ -120,7 +136,7 @@ impl Session {
             (OpCode::Continuation, Some(p)) => p.text,
             (op, _) => op == OpCode::Text,
         };
-        let so_far = self.partial.as_ref().map_or(0, |p| p.buf.len());
+        let so_far = partial.map_or(0, |p| p.buf.len());
         // The limit is checked against the declared length, before any byte of it is awaited.
         if h.len > self.max_message.saturating_sub(so_far) as u64 {
             return Err(ProtocolError::MessageTooBig);
@@ -129,15 +145,18 @@ impl Session {
         let total = hlen + len;
         if buf.len() < total {
             if text {
-                let start = self.partial.as_ref().map_or(Utf8Scan::default(), |p| p.utf8);
-                let (done, scan) = self.scanned.get_or_insert((0, start));
+                let rare = self.rare.get_or_insert_with(Box::default);
+                let start = rare.partial.as_ref().map_or(Utf8Scan::default(), |p| p.utf8);
+                let (done, scan) = rare.scanned.get_or_insert((0, start));
                 let got = &buf[hlen..];
                 scan.feed(&got[*done..], Some((mask, *done)))?;
                 *done = got.len();
             }
             return Ok(None);
         }
-        self.scanned = None;
+        if let Some(rare) = &mut self.rare {
+            rare.scanned = None;
+        }
         let payload = &mut buf[hlen..total];
         apply_mask(payload, mask);
         let event = match h.opcode {
@@ -150,11 +169,13 @@ impl Session {
                 if text {
                     utf8.feed(payload, None)?;
                 }
-                self.partial = Some(Partial { text, buf: payload.to_vec(), utf8 });
+                let rare = self.rare.get_or_insert_with(Box::default);
+                rare.partial = Some(Partial { text, buf: payload.to_vec(), utf8 });
                 None
             }
             OpCode::Continuation => {
-                let p = self.partial.as_mut().ok_or(ProtocolError::UnexpectedContinuation)?;
+                let rare = self.rare.as_mut().ok_or(ProtocolError::UnexpectedContinuation)?;
+                let p = rare.partial.as_mut().ok_or(ProtocolError::UnexpectedContinuation)?;
                 if p.text {
                     p.utf8.feed(payload, None)?;
                 }
@@ -162,14 +183,14 @@ impl Session {
                 if !h.fin {
                     None
                 } else {
-                    let p = self.partial.take().ok_or(ProtocolError::UnexpectedContinuation)?;
-                    self.assembled = p.buf;
+                    let p = rare.partial.take().ok_or(ProtocolError::UnexpectedContinuation)?;
+                    rare.assembled = p.buf;
                     if p.text {
-                        let s = std::str::from_utf8(&self.assembled)
+                        let s = std::str::from_utf8(&rare.assembled)
                             .map_err(|_| ProtocolError::BadUtf8)?;
                         Some(Incoming::Text(s))
                     } else {
-                        Some(Incoming::Binary(&self.assembled))
+                        Some(Incoming::Binary(&rare.assembled))
                     }
                 }
             }
@@ -338,6 +359,19 @@ mod tests {
         }
         let open = frame(0x81, &[b'x', 0xf0, 0x9f]);
         assert_eq!(run(&mut Session::new(1000), &open, 1000), Err(ProtocolError::BadUtf8));
+    }
+
+    #[test]
+    fn an_idle_session_is_small() {
+        // Every open connection holds a Session (issue 6: at most 0.5 KiB per idle connection).
+        assert!(std::mem::size_of::<Session>() <= 16, "{}", std::mem::size_of::<Session>());
+        // Fragments and cut frames borrow a box only while they are in progress.
+        let mut s = Session::new(1000);
+        let mut input = frame(0x01, b"ab");
+        input.extend(frame(0x80, b"c"));
+        assert_eq!(run(&mut s, &input, 1).unwrap(), ["Text(\"abc\")"]);
+        assert!(s.decode(&mut []).unwrap().is_none());
+        assert!(s.is_idle() && s.rare.is_none());
     }
 
     #[test]
