@@ -18,7 +18,7 @@ mod util;
 use std::{
     collections::HashMap,
     fs,
-    io::{BufRead, BufReader, ErrorKind, Read, Write},
+    io::{BufReader, ErrorKind, Read, Write},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
     os::{
         fd::{FromRawFd, OwnedFd},
@@ -26,7 +26,6 @@ use std::{
     },
     path::{Path, PathBuf},
     process::{Child, ChildStdout, Command, ExitStatus, Stdio},
-    sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
@@ -295,28 +294,7 @@ impl Fg {
             .stderr(stderr)
             .spawn()
             .expect("spawn chatd");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            let read = reader.read_line(&mut line);
-            let _ = tx.send((read.map(|_| line), reader));
-        });
-        let log = |dir: &TempDir| fs::read_to_string(dir.path().join("stderr.log")).unwrap();
-        let (line, reader) = match rx.recv_timeout(TIMEOUT) {
-            Ok((Ok(line), reader)) => (line, reader),
-            other => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("no address from chatd ({:?}); stderr:\n{}", other.err(), log(&dir));
-            }
-        };
-        let Some(addr) = listening_addr(&line) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("unexpected first stdout line {line:?}; stderr:\n{}", log(&dir));
-        };
+        let (addr, reader) = util::await_address(&mut child, &dir);
         Fg { child, addr, dir, config, _stdout: reader }
     }
 

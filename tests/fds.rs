@@ -3,7 +3,7 @@
 mod util;
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::{SocketAddr, TcpStream},
     os::unix::process::CommandExt,
     process::{Command, Stdio},
@@ -50,14 +50,7 @@ fn out_of_descriptors_pauses_accepting_without_spinning_and_recovers() {
         });
     }
     let mut child = cmd.spawn().expect("spawn chatd");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr: SocketAddr = line
-        .trim()
-        .trim_start_matches("chatd listening on http://")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap();
+    let (addr, _stdout) = util::await_address(&mut child, &dir);
 
     // Hold connections open until chatd can accept no more: the kernel still completes the
     // handshakes, so the surplus waits in the listen queue.

@@ -94,6 +94,40 @@ pub fn run_chatd(args: &[&str]) -> Output {
     }
 }
 
+/// Waits for a just-spawned chatd's first stdout line, `chatd listening on http://ADDR/`, and
+/// returns the address and the rest of stdout (kept open so chatd never writes to a closed pipe).
+/// The line is read on a thread, so a server that never prints it fails the test within
+/// `TIMEOUT`; on failure the child is killed and its stderr (`DIR/stderr.log`) is shown.
+pub fn await_address(child: &mut Child, dir: &TempDir) -> (SocketAddr, BufReader<ChildStdout>) {
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let read = reader.read_line(&mut line);
+        let _ = tx.send((read.map(|_| line), reader));
+    });
+    let mut fail = |what: String| -> ! {
+        let _ = child.kill();
+        let _ = child.wait();
+        let log = fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
+        panic!("{what}; stderr:\n{log}");
+    };
+    let (line, reader) = match rx.recv_timeout(TIMEOUT) {
+        Ok((Ok(line), reader)) => (line, reader),
+        Ok((Err(e), _)) => fail(format!("reading chatd's stdout: {e}")),
+        Err(_) => fail(format!("chatd printed no address within {TIMEOUT:?}")),
+    };
+    let addr = line
+        .strip_prefix("chatd listening on http://")
+        .and_then(|rest| rest.trim_end().strip_suffix('/'))
+        .and_then(|a| a.parse().ok());
+    match addr {
+        Some(addr) => (addr, reader),
+        None => fail(format!("unexpected first stdout line {line:?}")),
+    }
+}
+
 /// A running `chatd`, killed on drop. Its stderr (the log) is kept in a file and printed when
 /// the test fails.
 #[derive(Debug)]
@@ -126,39 +160,7 @@ impl Server {
             .stderr(Stdio::from(stderr))
             .spawn()
             .expect("spawn chatd");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        // Read the line on a thread so that a server that never prints it fails the test in
-        // bounded time.
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            let read = reader.read_line(&mut line);
-            let _ = tx.send((read.map(|_| line), reader));
-        });
-        let (line, stdout) = match rx.recv_timeout(TIMEOUT) {
-            Ok((Ok(line), reader)) => (line, reader),
-            Ok((Err(e), _)) => {
-                let _ = child.kill();
-                panic!("reading chatd's stdout: {e}");
-            }
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                let log = fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
-                panic!("chatd printed no address within {TIMEOUT:?}; stderr:\n{log}");
-            }
-        };
-        let addr = line
-            .strip_prefix("chatd listening on http://")
-            .and_then(|rest| rest.trim_end().strip_suffix('/'))
-            .and_then(|a| a.parse().ok());
-        let Some(addr) = addr else {
-            let _ = child.kill();
-            let _ = child.wait();
-            let log = fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
-            panic!("unexpected first stdout line {line:?}; stderr:\n{log}");
-        };
+        let (addr, stdout) = await_address(&mut child, &dir);
         Server { child, addr, dir, _stdout: stdout }
     }
 
