@@ -62,9 +62,28 @@ echo_port=$(free_port)
 pids+=($!)
 wait_port "$echo_port"
 
+# Waits until the previous phase's connections are gone from chatd (its /metrics says so), so
+# that a new phase's searchers are never paired with a leaving client of the last one.
+quiet() {
+    python3 - "$port" <<'PY'
+import sys, time, urllib.request
+url = f"http://127.0.0.1:{sys.argv[1]}/metrics"
+deadline = time.monotonic() + 10
+while True:
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    line = next(l for l in text.splitlines() if l.startswith("chatd_websockets_open "))
+    if line.split()[1] == "0":
+        break
+    if time.monotonic() > deadline:
+        sys.exit(f"chatd still has open websockets after 10 s: {line}")
+    time.sleep(0.05)
+PY
+}
+
 run() {
     local what=$1
     shift
+    quiet
     log "$what"
     "$bench" --quiet --check --threads 2 --warmup 0.2 --duration 1 --drain 3 \
         --connect-timeout 10 --json "$tmp/last.json" "$@"
