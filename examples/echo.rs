@@ -14,6 +14,8 @@ use chatd::{
 struct Echo;
 
 impl App for Echo {
+    type Settings = ();
+
     fn handle_event(
         &mut self,
         _now: Instant,

@@ -1,9 +1,12 @@
 //! The seam between the transport and the product.
 //!
-//! The server owns sockets, HTTP and WebSocket framing. It tells the application what happened to
-//! a peer (`Event`) and the application answers with `Action`s pushed to an output vector. The
-//! application never sees a socket, a clock call or another peer's buffer, so it runs unchanged
-//! under tests, under the echo example and, later, as one instance per worker thread.
+//! The endpoint owns connections, HTTP and WebSocket framing. It tells the application what
+//! happened to a peer (`Event`) and the application answers with `Action`s pushed to an output
+//! vector, which the endpoint applies once per loop turn. The application never sees a socket,
+//! a clock call, another peer's buffer or the daemon's configuration (it gets its own
+//! `Settings`), so it runs unchanged under tests, under the echo example and in every worker.
+//!
+//! May not touch: sockets, the clock, `config`.
 use std::{fmt, time::Instant};
 
 /// Identifies one WebSocket peer for as long as its connection lives.
@@ -109,6 +112,9 @@ pub enum Action {
 ///
 /// Every method receives `now` from the server loop; an application never reads the clock.
 pub trait App {
+    /// The application's own settings, given again on every reload.
+    type Settings;
+
     /// Handles one event for one peer, pushing any resulting actions to `out`.
     fn handle_event(&mut self, now: Instant, peer: PeerId, event: Event<'_>, out: &mut Vec<Action>);
 
@@ -122,9 +128,9 @@ pub trait App {
         let _ = (now, out);
     }
 
-    /// The configuration was reloaded: apply the new limits to new and existing peers.
-    fn reconfigure(&mut self, config: &crate::config::Config) {
-        let _ = config;
+    /// The configuration was reloaded: apply the new settings to new and existing peers.
+    fn reconfigure(&mut self, settings: Self::Settings) {
+        let _ = settings;
     }
 
     /// Appends the application's metrics to `out` in the Prometheus text format (version

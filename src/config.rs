@@ -9,6 +9,8 @@ use std::{
 
 use serde::{de, Deserialize, Deserializer};
 
+pub use crate::roulette::ChatConfig;
+
 /// Everything that can go wrong while loading a configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -240,33 +242,20 @@ pub struct Config {
     pub chat: ChatConfig,
 }
 
-/// The roulette's limits: the `[chat]` table.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ChatConfig {
-    /// Longest chat message in Unicode scalar values. Default 2000.
-    pub max_message_chars: usize,
-    /// Token bucket refill for messages and typing events, per second. Default 5.
-    pub rate_per_second: f64,
-    /// Token bucket size. Default 20.
-    pub rate_burst: u32,
-    /// How long a searcher with interests waits for a shared one before taking anyone. Default 5 s.
-    pub interest_timeout: Duration,
-    /// Two people who just parted are not paired again within this time. Default 10 s.
-    pub rematch_cooldown: Duration,
-    /// Online-count updates are sent at most this often. Default 5 s.
-    pub online_interval: Duration,
+/// A part of the configuration that a component takes as its own settings (the application's
+/// `App::Settings`), built again from every reloaded file.
+pub trait FromConfig {
+    /// Picks this part out of `config`.
+    fn from_config(config: &Config) -> Self;
 }
 
-impl Default for ChatConfig {
-    fn default() -> Self {
-        ChatConfig {
-            max_message_chars: 2000,
-            rate_per_second: 5.0,
-            rate_burst: 20,
-            interest_timeout: Duration::from_secs(5),
-            rematch_cooldown: Duration::from_secs(10),
-            online_interval: Duration::from_secs(5),
-        }
+impl FromConfig for () {
+    fn from_config(_: &Config) {}
+}
+
+impl FromConfig for ChatConfig {
+    fn from_config(config: &Config) -> ChatConfig {
+        config.chat.clone()
     }
 }
 

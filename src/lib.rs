@@ -1,7 +1,8 @@
 //! chatd: an anonymous text chat roulette served over HTTP/1.1 and RFC 6455 WebSocket.
 //!
-//! The protocol layers (`http`, `ws`, `roulette`) are sans-IO: bytes in, bytes or events out.
-//! Only `server`, `conn`, `signals` and `main.rs` touch sockets, mio or the clock.
+//! The protocol layers (`http`, `ws`, `roulette`) and the connection layer (`endpoint`) are
+//! sans-IO: bytes and `now` in, bytes, events or actions out. Only `server`, `conn`, `signals`,
+//! `daemon`, `notify` and `main.rs` touch sockets, mio or the clock.
 #![deny(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![cfg_attr(test, deny(warnings))]
 #![warn(unreachable_pub)]
@@ -9,8 +10,10 @@
 pub mod app;
 pub mod config;
 pub mod daemon;
+pub mod endpoint;
 pub mod http;
 pub mod log;
+pub mod metrics;
 pub mod notify;
 pub mod roulette;
 pub mod server;
@@ -18,4 +21,3 @@ pub mod ws;
 
 mod conn;
 mod signals;
-mod timer;

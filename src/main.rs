@@ -97,10 +97,7 @@ fn run(args: Args) -> Result<(), String> {
         Some(path) => Config::load(path).map_err(|e| e.to_string())?,
         None => Config::default(),
     };
-    let site = match &config.web_root {
-        Some(root) => Site::load(root).map_err(|e| format!("web_root: {e}"))?,
-        None => Site::embedded(),
-    };
+    let site = Site::for_root(config.web_root.as_deref()).map_err(|e| format!("web_root: {e}"))?;
     if args.check {
         // The file is judged, not who runs the check: `user` and `group` must exist.
         if let Some(user) = &config.user {

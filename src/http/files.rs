@@ -83,6 +83,15 @@ impl Site {
         Site { files }
     }
 
+    /// The page for a configuration: the files under `web_root` if one is set, else the
+    /// embedded page. The one place where start-up and reload choose what is served.
+    pub fn for_root(web_root: Option<&Path>) -> Result<Site, LoadError> {
+        match web_root {
+            Some(root) => Site::load(root),
+            None => Ok(Site::embedded()),
+        }
+    }
+
     /// Reads every regular file under `root` into memory. Files whose real path is outside the
     /// root (reached through a symlink) and hidden files are left out.
     pub fn load(root: &Path) -> Result<Site, LoadError> {

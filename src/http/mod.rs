@@ -1,12 +1,14 @@
 //! HTTP/1.1, just enough to serve the page and upgrade `/ws`: a request-head parser on top of
 //! httparse, canned responses, and the table of files. Sans-IO: bytes in, bytes out.
+mod date;
 mod files;
 mod request;
 mod response;
 
+pub use date::{HttpDate, DATE_LEN};
 pub use files::{content_type, resolve_path, Asset, LoadError, Site};
 pub use request::{parse, Method, Request, MAX_HEADERS, MAX_HEAD_LEN};
-pub use response::{write_error, write_response, Status, SECURITY_HEADERS};
+pub use response::{write_error, write_response, write_upgrade, Status, SECURITY_HEADERS};
 
 /// Why a request was refused. Each variant maps to one status code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

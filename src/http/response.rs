@@ -1,4 +1,7 @@
-//! Responses: a status line and headers written into the connection's output buffer.
+//! Responses: a status line and headers written into the connection's output buffer. Every
+//! response carries `Date` (RFC 9110 §6.6.1), formatted once per second by the caller's
+//! [`HttpDate`].
+use super::HttpDate;
 
 /// Headers sent with every response: no sniffing, a policy that lets the page load only its own
 /// scripts, styles and images and connect only to its own origin (which, in CSP 3, includes
@@ -89,6 +92,7 @@ impl Status {
 /// still gives its size.
 pub fn write_response(
     out: &mut Vec<u8>,
+    date: &HttpDate,
     status: Status,
     extra: &str,
     body: &[u8],
@@ -100,9 +104,10 @@ pub fn write_response(
     // Writing to a Vec cannot fail.
     let _ = write!(
         out,
-        "HTTP/1.1 {} {}\r\nServer: chatd\r\n{SECURITY_HEADERS}{extra}Content-Length: {}\r\nConnection: {connection}\r\n\r\n",
+        "HTTP/1.1 {} {}\r\nServer: chatd\r\nDate: {}\r\n{SECURITY_HEADERS}{extra}Content-Length: {}\r\nConnection: {connection}\r\n\r\n",
         status.code(),
         status.reason(),
+        date.as_str(),
         body.len(),
     );
     if !head_only {
@@ -113,6 +118,7 @@ pub fn write_response(
 /// Writes an error response with a one-line plain-text body naming the status.
 pub fn write_error(
     out: &mut Vec<u8>,
+    date: &HttpDate,
     status: Status,
     extra: &str,
     head_only: bool,
@@ -121,7 +127,18 @@ pub fn write_error(
     let body = format!("{} {}\n", status.code(), status.reason());
     let headers =
         format!("Content-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\n{extra}");
-    write_response(out, status, &headers, body.as_bytes(), head_only, keep_alive);
+    write_response(out, date, status, &headers, body.as_bytes(), head_only, keep_alive);
+}
+
+/// Writes the `101 Switching Protocols` answer to a valid WebSocket upgrade (RFC 6455 §4.2.2)
+/// with its `Sec-WebSocket-Accept` value.
+pub fn write_upgrade(out: &mut Vec<u8>, date: &HttpDate, accept: &str) {
+    use std::io::Write;
+    let _ = write!(
+        out,
+        "HTTP/1.1 101 Switching Protocols\r\nServer: chatd\r\nDate: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n",
+        date.as_str()
+    );
 }
 
 #[cfg(test)]
@@ -131,10 +148,12 @@ mod tests {
     #[test]
     fn error_has_security_headers_and_length() {
         let mut out = Vec::new();
-        write_error(&mut out, Status::MethodNotAllowed, "Allow: GET, HEAD\r\n", false, true);
+        let date = HttpDate::new(784_111_777);
+        write_error(&mut out, &date, Status::MethodNotAllowed, "Allow: GET, HEAD\r\n", false, true);
         let s = String::from_utf8(out).unwrap();
         assert!(s.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"), "{s}");
         assert!(s.contains("Allow: GET, HEAD\r\n"));
+        assert!(s.contains("\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n"), "{s}");
         assert!(s.contains("X-Content-Type-Options: nosniff\r\n"));
         assert!(s.contains("Content-Security-Policy: default-src 'none'"));
         assert!(s.contains("Content-Length: 23\r\n"), "{s}");
@@ -144,9 +163,19 @@ mod tests {
     #[test]
     fn head_leaves_out_the_body() {
         let mut out = Vec::new();
-        write_response(&mut out, Status::Ok, "", b"hello", true, false);
+        write_response(&mut out, &HttpDate::default(), Status::Ok, "", b"hello", true, false);
         let s = String::from_utf8(out).unwrap();
         assert!(s.contains("Content-Length: 5\r\nConnection: close\r\n\r\n"));
         assert!(s.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn upgrade_names_the_accept_key_and_the_date() {
+        let mut out = Vec::new();
+        write_upgrade(&mut out, &HttpDate::new(0), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        let s = String::from_utf8(out).unwrap();
+        assert!(s.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
+        assert!(s.contains("\r\nDate: Thu, 01 Jan 1970 00:00:00 GMT\r\n"));
+        assert!(s.ends_with("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"));
     }
 }

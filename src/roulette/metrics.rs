@@ -20,9 +20,10 @@
 //! | `chatd_rate_limited_total` | counter | messages, typing events and searches dropped for rate |
 //! | `chatd_abuse_closes_total` | counter | connections closed with 1008 |
 //! | `chatd_binary_closes_total` | counter | connections closed with 1003 |
-use std::{fmt::Write as _, time::Duration};
+use std::time::Duration;
 
 use super::{protocol::ErrorCode, RouletteStats};
+use crate::metrics::{counter, gauge, header, sample, Seconds};
 
 /// Upper bounds of the `chatd_match_wait_seconds` buckets, with their `le` label as written.
 /// Inclusive (`wait <= bound`), as Prometheus defines `le`; `+Inf` is implied.
@@ -163,83 +164,8 @@ pub(super) fn write(out: &mut String, stats: RouletteStats, c: &RouletteCounters
     );
 }
 
-fn gauge(out: &mut String, name: &str, help: &str, value: usize) {
-    header(out, name, help, "gauge");
-    sample(out, name, &[], value);
-}
-
-fn counter(out: &mut String, name: &str, help: &str, value: u64) {
-    header(out, name, help, "counter");
-    sample(out, name, &[], value);
-}
-
-/// The `# HELP` and `# TYPE` lines of a family. In HELP text `\` and newline are escaped.
-fn header(out: &mut String, name: &str, help: &str, kind: &str) {
-    out.push_str("# HELP ");
-    out.push_str(name);
-    out.push(' ');
-    for ch in help.chars() {
-        match ch {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            _ => out.push(ch),
-        }
-    }
-    out.push_str("\n# TYPE ");
-    out.push_str(name);
-    out.push(' ');
-    out.push_str(kind);
-    out.push('\n');
-}
-
-/// One `name{label="value",...} value` line. In label values `\`, `"` and newline are escaped.
-fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-    out.push_str(name);
-    if !labels.is_empty() {
-        out.push('{');
-        for (i, (label, v)) in labels.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(label);
-            out.push_str("=\"");
-            for ch in v.chars() {
-                match ch {
-                    '\\' => out.push_str("\\\\"),
-                    '"' => out.push_str("\\\""),
-                    '\n' => out.push_str("\\n"),
-                    _ => out.push(ch),
-                }
-            }
-            out.push('"');
-        }
-        out.push('}');
-    }
-    // Writing to a String cannot fail.
-    let _ = writeln!(out, " {value}");
-}
-
-/// A duration written as exact decimal seconds (`1.5`, `0.000000001`, `3`): no float rounding.
-struct Seconds(Duration);
-
-impl std::fmt::Display for Seconds {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (secs, nanos) = (self.0.as_secs(), self.0.subsec_nanos());
-        if nanos == 0 {
-            return write!(f, "{secs}");
-        }
-        // Trailing zeros dropped: 1.5, not 1.500000000.
-        let (mut frac, mut width) = (nanos, 9);
-        while frac % 10 == 0 {
-            frac /= 10;
-            width -= 1;
-        }
-        write!(f, "{secs}.{frac:0width$}")
-    }
-}
-
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
     use super::*;
@@ -247,7 +173,7 @@ pub(super) mod tests {
     /// Parses an exposition into `"name{labels}" -> value`, checking the format as it goes:
     /// every line is `# HELP name text`, `# TYPE name kind` or `name[{labels}] value`; each
     /// family is declared once, HELP then TYPE, before its samples; no sample appears twice.
-    pub(in crate::roulette) fn parse(text: &str) -> BTreeMap<String, f64> {
+    pub(crate) fn parse(text: &str) -> BTreeMap<String, f64> {
         assert!(text.is_empty() || text.ends_with('\n'), "ends with a newline");
         let mut samples = BTreeMap::new();
         let mut helped = BTreeSet::new();

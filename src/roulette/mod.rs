@@ -2,7 +2,7 @@
 //! messages and typing state, tells each side when the other leaves, and enforces the `[chat]`
 //! limits. Sans-IO and deterministic (STYLE R1, R10): events and `now` in, actions out.
 //!
-//! - [`protocol`]: the JSON messages and [`ProtocolError`], the one error enum of this layer.
+//! - [`protocol`]: the JSON messages and [`RequestError`], the one error enum of this layer.
 //! - [`matchmaker`]: the queue and the pairing rules (interests, timeouts, cooldown).
 //! - [`metrics`]: the counters and their Prometheus exposition (`App::write_metrics`).
 //! - This file: per-connection state ([`Roulette`] keeps a `HashMap<PeerId, Peer>` of about
@@ -36,22 +36,47 @@ use std::{
 use self::{
     matchmaker::{Match, Matchmaker},
     metrics::RouletteCounters,
-    protocol::{ClientMessage, Interests, LeaveReason, ProtocolError, ServerMessage},
+    protocol::{ClientMessage, Interests, LeaveReason, RequestError, ServerMessage},
 };
 use crate::{
     app::{Action, App, Event, Message, PeerId},
-    config::ChatConfig,
+    ws::close_code,
 };
 
 pub mod matchmaker;
 pub mod metrics;
 pub mod protocol;
 
-/// Close code for a binary frame: the protocol is JSON text only (RFC 6455 §7.4.1).
-pub const CLOSE_UNSUPPORTED_DATA: u16 = 1003;
+/// The roulette's own settings: the `[chat]` table of the configuration file (which
+/// `config.rs` reads and validates; the roulette never sees the rest of the configuration).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatConfig {
+    /// Longest chat message in Unicode scalar values. Default 2000.
+    pub max_message_chars: usize,
+    /// Token bucket refill for messages and typing events, per second. Default 5.
+    pub rate_per_second: f64,
+    /// Token bucket size. Default 20.
+    pub rate_burst: u32,
+    /// How long a searcher with interests waits for a shared one before taking anyone. Default 5 s.
+    pub interest_timeout: std::time::Duration,
+    /// Two people who just parted are not paired again within this time. Default 10 s.
+    pub rematch_cooldown: std::time::Duration,
+    /// Online-count updates are sent at most this often. Default 5 s.
+    pub online_interval: std::time::Duration,
+}
 
-/// Close code for sustained abuse: the error budget ran out (RFC 6455 §7.4.1).
-pub const CLOSE_POLICY_VIOLATION: u16 = 1008;
+impl Default for ChatConfig {
+    fn default() -> Self {
+        ChatConfig {
+            max_message_chars: 2000,
+            rate_per_second: 5.0,
+            rate_burst: 20,
+            interest_timeout: std::time::Duration::from_secs(5),
+            rematch_cooldown: std::time::Duration::from_secs(10),
+            online_interval: std::time::Duration::from_secs(5),
+        }
+    }
+}
 
 /// Error replies a connection may get in a burst before it is closed with 1008.
 pub const ERROR_BURST: u32 = 20;
@@ -287,7 +312,7 @@ impl Roulette {
     ) -> protocol::Result<()> {
         let Some(p) = self.peers.get_mut(&peer) else { return Ok(()) };
         if !p.searches.try_take(now, SEARCH_PER_SECOND, SEARCH_BURST) {
-            return Err(ProtocolError::RateLimited);
+            return Err(RequestError::RateLimited);
         }
         if let ChatState::Chatting(partner) = p.state {
             self.end_chat(now, peer, partner, LeaveReason::Next, out);
@@ -316,18 +341,18 @@ impl Roulette {
     ) -> protocol::Result<()> {
         let Some(p) = self.peers.get_mut(&peer) else { return Ok(()) };
         let ChatState::Chatting(partner) = p.state else {
-            return Err(ProtocolError::NotInChat);
+            return Err(RequestError::NotInChat);
         };
         let max = self.config.max_message_chars;
         // `nth(max)` exists iff there are more than `max` scalar values; stops early.
         if text.chars().nth(max).is_some() {
-            return Err(ProtocolError::MessageTooLong { max });
+            return Err(RequestError::MessageTooLong { max });
         }
         if text.trim().is_empty() {
-            return Err(ProtocolError::EmptyMessage);
+            return Err(RequestError::EmptyMessage);
         }
         if !p.messages.try_take(now, self.config.rate_per_second, self.config.rate_burst) {
-            return Err(ProtocolError::RateLimited);
+            return Err(RequestError::RateLimited);
         }
         p.typing = false;
         self.counters.messages_relayed += 1;
@@ -345,14 +370,14 @@ impl Roulette {
     ) -> protocol::Result<()> {
         let Some(p) = self.peers.get_mut(&peer) else { return Ok(()) };
         let ChatState::Chatting(partner) = p.state else {
-            return Err(ProtocolError::NotInChat);
+            return Err(RequestError::NotInChat);
         };
         if p.typing == active {
             return Ok(());
         }
         if active && !p.messages.try_take(now, self.config.rate_per_second, self.config.rate_burst)
         {
-            return Err(ProtocolError::RateLimited);
+            return Err(RequestError::RateLimited);
         }
         p.typing = active;
         send(out, partner, &ServerMessage::Typing { active });
@@ -446,15 +471,9 @@ impl Roulette {
     }
 
     /// Answers a refused request with `error`, or closes with 1008 if the error budget is spent.
-    fn reply_error(
-        &mut self,
-        now: Instant,
-        peer: PeerId,
-        e: &ProtocolError,
-        out: &mut Vec<Action>,
-    ) {
+    fn reply_error(&mut self, now: Instant, peer: PeerId, e: &RequestError, out: &mut Vec<Action>) {
         let Some(p) = self.peers.get_mut(&peer) else { return };
-        if *e == ProtocolError::RateLimited {
+        if *e == RequestError::RateLimited {
             self.counters.rate_limited += 1;
         }
         if p.errors.try_take(now, ERROR_PER_SECOND, ERROR_BURST) {
@@ -463,7 +482,7 @@ impl Roulette {
             send(out, peer, &ServerMessage::Error { code: e.code(), message: &message });
         } else {
             self.counters.abuse_closes += 1;
-            self.close(now, peer, CLOSE_POLICY_VIOLATION, REASON_ABUSE, out);
+            self.close(now, peer, close_code::POLICY, REASON_ABUSE, out);
         }
     }
 
@@ -478,6 +497,8 @@ impl Roulette {
 }
 
 impl App for Roulette {
+    type Settings = ChatConfig;
+
     fn handle_event(
         &mut self,
         now: Instant,
@@ -492,7 +513,7 @@ impl App for Roulette {
                 let is_live = self.peers.get(&peer).is_some_and(|p| p.state != ChatState::Closing);
                 if is_live {
                     self.counters.binary_closes += 1;
-                    self.close(now, peer, CLOSE_UNSUPPORTED_DATA, REASON_BINARY, out);
+                    self.close(now, peer, close_code::UNSUPPORTED, REASON_BINARY, out);
                 }
             }
             Event::Closed => self.handle_closed(now, peer, out),
@@ -520,8 +541,8 @@ impl App for Roulette {
     }
 
     /// Applies the reloaded `[chat]` table (see [`Roulette::set_config`]).
-    fn reconfigure(&mut self, config: &crate::config::Config) {
-        self.set_config(config.chat.clone());
+    fn reconfigure(&mut self, settings: ChatConfig) {
+        self.set_config(settings);
     }
 
     /// Writes the `chatd_` roulette families: see [`metrics`] for the list.
@@ -895,7 +916,7 @@ mod tests {
         d.event(4, Event::Binary(b"x")); // already closing: not counted twice
         assert_eq!(
             d.closes,
-            [(id(1), CLOSE_POLICY_VIOLATION), (id(3), CLOSE_UNSUPPORTED_DATA), (id(4), 1003)]
+            [(id(1), close_code::POLICY), (id(3), close_code::UNSUPPORTED), (id(4), 1003)]
         );
         let m = metrics_of(&d);
         assert_eq!(m["chatd_messages_relayed_total"], 20.0);
@@ -1423,7 +1444,7 @@ mod tests {
         assert_eq!(d.errors(1).len(), ERROR_BURST as usize);
         assert!(d.closes.is_empty());
         d.text(1, "garbage");
-        assert_eq!(d.closes, [(id(1), CLOSE_POLICY_VIOLATION)]);
+        assert_eq!(d.closes, [(id(1), close_code::POLICY)]);
         assert!(d.recv(1).is_empty(), "closed, not answered");
         // The partner learns at once; it does not wait for the close handshake.
         assert_eq!(d.recv(2), [json!({"type":"partner_left","reason":"disconnected"})]);
@@ -1450,7 +1471,7 @@ mod tests {
         // rate_burst messages got through, then ERROR_BURST rate_limited errors, then the close.
         assert_eq!(d.recv(2).len(), 20 + 1);
         assert_eq!(d.errors(1), vec!["rate_limited"; ERROR_BURST as usize]);
-        assert_eq!(d.closes, [(id(1), CLOSE_POLICY_VIOLATION)]);
+        assert_eq!(d.closes, [(id(1), close_code::POLICY)]);
     }
 
     #[test]
@@ -1474,10 +1495,10 @@ mod tests {
         d.pair(1, 2);
         d.search(3);
         d.event(1, Event::Binary(&[1, 2, 3]));
-        assert_eq!(d.closes, [(id(1), CLOSE_UNSUPPORTED_DATA)]);
+        assert_eq!(d.closes, [(id(1), close_code::UNSUPPORTED)]);
         assert_eq!(d.recv(2), [json!({"type":"partner_left","reason":"disconnected"})]);
         d.event(3, Event::Binary(&[]));
-        assert_eq!(d.closes[1], (id(3), CLOSE_UNSUPPORTED_DATA));
+        assert_eq!(d.closes[1], (id(3), close_code::UNSUPPORTED));
         assert_eq!(d.app.stats().searching, 0);
         d.closed(1);
         d.closed(3);

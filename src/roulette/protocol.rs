@@ -1,6 +1,6 @@
 //! The roulette's wire protocol: JSON text frames parsed into [`ClientMessage`] and built from
 //! [`ServerMessage`], the validated [`Interests`] list, and the one error enum of this layer,
-//! [`ProtocolError`], whose variants map onto the wire's error codes ([`ErrorCode`]).
+//! [`RequestError`], whose variants map onto the wire's error codes ([`ErrorCode`]).
 //!
 //! Parsing is two-step so that each failure gets the right code: first the envelope (the input
 //! must be a JSON object whose `"type"` is a string, else `invalid_json`), then the body of the
@@ -18,9 +18,9 @@ pub const MAX_INTERESTS: usize = 5;
 pub const MAX_INTEREST_CHARS: usize = 32;
 
 /// Everything a client can do wrong at the protocol level. None of them closes the connection;
-/// each is answered with an `error` message carrying [`ProtocolError::code`].
+/// each is answered with an `error` message carrying [`RequestError::code`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProtocolError {
+pub enum RequestError {
     /// The frame is not valid JSON (syntax, nesting deeper than serde_json's limit, ...).
     #[error("the message is not valid JSON")]
     Malformed,
@@ -69,25 +69,25 @@ pub enum ProtocolError {
 }
 
 /// Result type of this module.
-pub type Result<T, E = ProtocolError> = std::result::Result<T, E>;
+pub type Result<T, E = RequestError> = std::result::Result<T, E>;
 
-impl ProtocolError {
+impl RequestError {
     /// The machine-readable code sent in the `error` message.
     pub fn code(&self) -> ErrorCode {
         match self {
-            ProtocolError::Malformed
-            | ProtocolError::NotAnObject
-            | ProtocolError::MissingType
-            | ProtocolError::BadField { .. } => ErrorCode::InvalidJson,
-            ProtocolError::UnknownType => ErrorCode::UnknownType,
-            ProtocolError::NotInChat => ErrorCode::NotInChat,
-            ProtocolError::MessageTooLong { .. } => ErrorCode::MessageTooLong,
-            ProtocolError::EmptyMessage => ErrorCode::EmptyMessage,
-            ProtocolError::RateLimited => ErrorCode::RateLimited,
-            ProtocolError::InterestsNotStrings
-            | ProtocolError::TooManyInterests
-            | ProtocolError::InterestLength
-            | ProtocolError::InterestControlChar => ErrorCode::BadInterests,
+            RequestError::Malformed
+            | RequestError::NotAnObject
+            | RequestError::MissingType
+            | RequestError::BadField { .. } => ErrorCode::InvalidJson,
+            RequestError::UnknownType => ErrorCode::UnknownType,
+            RequestError::NotInChat => ErrorCode::NotInChat,
+            RequestError::MessageTooLong { .. } => ErrorCode::MessageTooLong,
+            RequestError::EmptyMessage => ErrorCode::EmptyMessage,
+            RequestError::RateLimited => ErrorCode::RateLimited,
+            RequestError::InterestsNotStrings
+            | RequestError::TooManyInterests
+            | RequestError::InterestLength
+            | RequestError::InterestControlChar => ErrorCode::BadInterests,
         }
     }
 }
@@ -174,21 +174,21 @@ impl Interests {
                 }
                 norm.extend(w.chars().flat_map(char::to_lowercase));
                 if norm.len() > MAX_INTEREST_CHARS * 4 {
-                    return Err(ProtocolError::InterestLength);
+                    return Err(RequestError::InterestLength);
                 }
             }
             let chars = norm.chars().count();
             if chars == 0 || chars > MAX_INTEREST_CHARS {
-                return Err(ProtocolError::InterestLength);
+                return Err(RequestError::InterestLength);
             }
             if norm.chars().any(char::is_control) {
-                return Err(ProtocolError::InterestControlChar);
+                return Err(RequestError::InterestControlChar);
             }
             if out.iter().any(|o| **o == *norm) {
                 continue;
             }
             if out.len() == MAX_INTERESTS {
-                return Err(ProtocolError::TooManyInterests);
+                return Err(RequestError::TooManyInterests);
             }
             out.push(norm.into_boxed_str());
         }
@@ -301,8 +301,8 @@ impl<'a> ClientMessage<'a> {
         let first = text.trim_start_matches([' ', '\t', '\n', '\r']).as_bytes().first();
         if first != Some(&b'{') {
             return match serde_json::from_str::<serde::de::IgnoredAny>(text) {
-                Ok(_) => Err(ProtocolError::NotAnObject),
-                Err(_) => Err(ProtocolError::Malformed),
+                Ok(_) => Err(RequestError::NotAnObject),
+                Err(_) => Err(RequestError::Malformed),
             };
         }
         // One pass instead of two for a chat line (most frames): when it succeeds, the
@@ -314,20 +314,20 @@ impl<'a> ClientMessage<'a> {
         }
         let envelope: Envelope<'_> = serde_json::from_str(text).map_err(|e| {
             if e.is_data() {
-                ProtocolError::MissingType
+                RequestError::MissingType
             } else {
-                ProtocolError::Malformed
+                RequestError::Malformed
             }
         })?;
         let Some(kind) = envelope.kind else {
-            return Err(ProtocolError::MissingType);
+            return Err(RequestError::MissingType);
         };
         // The envelope parse has already checked the whole frame's syntax, so a failure below
         // is always about the body's fields.
         match &*kind {
             "search" => {
                 let body: SearchBody =
-                    serde_json::from_str(text).map_err(|_| ProtocolError::InterestsNotStrings)?;
+                    serde_json::from_str(text).map_err(|_| RequestError::InterestsNotStrings)?;
                 let interests = match body.interests {
                     Some(list) => Interests::parse(list)?,
                     None => Interests::none(),
@@ -336,16 +336,16 @@ impl<'a> ClientMessage<'a> {
             }
             "message" => {
                 let body: MessageBody<'a> = serde_json::from_str(text)
-                    .map_err(|_| ProtocolError::BadField { field: "text" })?;
+                    .map_err(|_| RequestError::BadField { field: "text" })?;
                 Ok(ClientMessage::Message { text: body.text })
             }
             "typing" => {
                 let body: TypingBody = serde_json::from_str(text)
-                    .map_err(|_| ProtocolError::BadField { field: "active" })?;
+                    .map_err(|_| RequestError::BadField { field: "active" })?;
                 Ok(ClientMessage::Typing { active: body.active })
             }
             "leave" => Ok(ClientMessage::Leave),
-            _ => Err(ProtocolError::UnknownType),
+            _ => Err(RequestError::UnknownType),
         }
     }
 }
@@ -425,7 +425,7 @@ mod tests {
     use super::*;
     use serde_json::{json, Value};
 
-    fn err(s: &str) -> ProtocolError {
+    fn err(s: &str) -> RequestError {
         ClientMessage::parse(s).unwrap_err()
     }
 
@@ -490,30 +490,30 @@ mod tests {
     #[test]
     fn invalid_json_cases() {
         for (input, want) in [
-            ("", ProtocolError::Malformed),
-            ("{", ProtocolError::Malformed),
-            ("{\"type\":\"leave\"", ProtocolError::Malformed),
-            ("{\"type\":\"leave\"} x", ProtocolError::Malformed),
-            ("{'type':'leave'}", ProtocolError::Malformed),
-            ("nonsense", ProtocolError::Malformed),
-            ("[\"message\",\"hi\"]", ProtocolError::NotAnObject),
-            ("\"leave\"", ProtocolError::NotAnObject),
-            ("42", ProtocolError::NotAnObject),
-            ("null", ProtocolError::NotAnObject),
-            ("{}", ProtocolError::MissingType),
-            ("{\"type\":null}", ProtocolError::MissingType),
-            ("{\"type\":7}", ProtocolError::MissingType),
-            ("{\"type\":[\"leave\"]}", ProtocolError::MissingType),
-            ("{\"type\":\"leave\",\"type\":\"leave\"}", ProtocolError::MissingType),
-            ("{\"type\":\"message\"}", ProtocolError::BadField { field: "text" }),
-            ("{\"type\":\"message\",\"text\":5}", ProtocolError::BadField { field: "text" }),
-            ("{\"type\":\"message\",\"text\":null}", ProtocolError::BadField { field: "text" }),
-            ("{\"type\":\"typing\"}", ProtocolError::BadField { field: "active" }),
+            ("", RequestError::Malformed),
+            ("{", RequestError::Malformed),
+            ("{\"type\":\"leave\"", RequestError::Malformed),
+            ("{\"type\":\"leave\"} x", RequestError::Malformed),
+            ("{'type':'leave'}", RequestError::Malformed),
+            ("nonsense", RequestError::Malformed),
+            ("[\"message\",\"hi\"]", RequestError::NotAnObject),
+            ("\"leave\"", RequestError::NotAnObject),
+            ("42", RequestError::NotAnObject),
+            ("null", RequestError::NotAnObject),
+            ("{}", RequestError::MissingType),
+            ("{\"type\":null}", RequestError::MissingType),
+            ("{\"type\":7}", RequestError::MissingType),
+            ("{\"type\":[\"leave\"]}", RequestError::MissingType),
+            ("{\"type\":\"leave\",\"type\":\"leave\"}", RequestError::MissingType),
+            ("{\"type\":\"message\"}", RequestError::BadField { field: "text" }),
+            ("{\"type\":\"message\",\"text\":5}", RequestError::BadField { field: "text" }),
+            ("{\"type\":\"message\",\"text\":null}", RequestError::BadField { field: "text" }),
+            ("{\"type\":\"typing\"}", RequestError::BadField { field: "active" }),
             (
                 "{\"type\":\"typing\",\"active\":\"yes\"}",
-                ProtocolError::BadField { field: "active" },
+                RequestError::BadField { field: "active" },
             ),
-            ("{\"type\":\"typing\",\"active\":1}", ProtocolError::BadField { field: "active" }),
+            ("{\"type\":\"typing\",\"active\":1}", RequestError::BadField { field: "active" }),
         ] {
             assert_eq!(err(input), want, "{input:?}");
             assert_eq!(want.code(), ErrorCode::InvalidJson);
@@ -532,7 +532,7 @@ mod tests {
             "[".repeat(10_000),
             "]".repeat(10_000)
         );
-        assert_eq!(err(&deep), ProtocolError::InterestsNotStrings);
+        assert_eq!(err(&deep), RequestError::InterestsNotStrings);
         let deep = format!("{}{}", "{\"a\":".repeat(10_000), "}".repeat(10_000));
         assert!(ClientMessage::parse(&deep).is_err());
     }
@@ -545,9 +545,9 @@ mod tests {
             r#"{"type":"Search"}"#,
             r#"{"type":"search "}"#,
         ] {
-            assert_eq!(err(input), ProtocolError::UnknownType, "{input}");
+            assert_eq!(err(input), RequestError::UnknownType, "{input}");
         }
-        assert_eq!(ProtocolError::UnknownType.code(), ErrorCode::UnknownType);
+        assert_eq!(RequestError::UnknownType.code(), ErrorCode::UnknownType);
     }
 
     #[test]
@@ -557,7 +557,7 @@ mod tests {
         assert_eq!(i.len(), 3);
         // Exactly 32 characters (multi-byte) is fine; 33 is not.
         assert!(Interests::parse(["é".repeat(32)]).is_ok());
-        assert_eq!(Interests::parse(["é".repeat(33)]), Err(ProtocolError::InterestLength));
+        assert_eq!(Interests::parse(["é".repeat(33)]), Err(RequestError::InterestLength));
         // Whitespace around does not count.
         assert!(Interests::parse([format!("  {}\t", "a".repeat(32))]).is_ok());
         // Six entries that dedupe to five are fine.
@@ -570,19 +570,19 @@ mod tests {
         for (input, want) in [
             (
                 r#"{"type":"search","interests":["a","b","c","d","e","f"]}"#,
-                ProtocolError::TooManyInterests,
+                RequestError::TooManyInterests,
             ),
-            (r#"{"type":"search","interests":[""]}"#, ProtocolError::InterestLength),
-            (r#"{"type":"search","interests":["   "]}"#, ProtocolError::InterestLength),
+            (r#"{"type":"search","interests":[""]}"#, RequestError::InterestLength),
+            (r#"{"type":"search","interests":["   "]}"#, RequestError::InterestLength),
             (
                 r#"{"type":"search","interests":["aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"]}"#,
-                ProtocolError::InterestLength,
+                RequestError::InterestLength,
             ),
-            (r#"{"type":"search","interests":["a\u0000b"]}"#, ProtocolError::InterestControlChar),
-            (r#"{"type":"search","interests":"music"}"#, ProtocolError::InterestsNotStrings),
-            (r#"{"type":"search","interests":[1]}"#, ProtocolError::InterestsNotStrings),
-            (r#"{"type":"search","interests":[null]}"#, ProtocolError::InterestsNotStrings),
-            (r#"{"type":"search","interests":{"a":1}}"#, ProtocolError::InterestsNotStrings),
+            (r#"{"type":"search","interests":["a\u0000b"]}"#, RequestError::InterestControlChar),
+            (r#"{"type":"search","interests":"music"}"#, RequestError::InterestsNotStrings),
+            (r#"{"type":"search","interests":[1]}"#, RequestError::InterestsNotStrings),
+            (r#"{"type":"search","interests":[null]}"#, RequestError::InterestsNotStrings),
+            (r#"{"type":"search","interests":{"a":1}}"#, RequestError::InterestsNotStrings),
         ] {
             assert_eq!(err(input), want, "{input}");
             assert_eq!(want.code(), ErrorCode::BadInterests);
@@ -592,9 +592,9 @@ mod tests {
     #[test]
     fn huge_interest_lists_fail_fast() {
         let many: Vec<String> = (0..20_000).map(|i| i.to_string()).collect();
-        assert_eq!(Interests::parse(&many), Err(ProtocolError::TooManyInterests));
+        assert_eq!(Interests::parse(&many), Err(RequestError::TooManyInterests));
         let long = "x".repeat(1 << 20);
-        assert_eq!(Interests::parse([long]), Err(ProtocolError::InterestLength));
+        assert_eq!(Interests::parse([long]), Err(RequestError::InterestLength));
         // Many duplicates of one valid interest are accepted as one.
         let dups = vec!["same"; 20_000];
         assert_eq!(Interests::parse(dups).map(|i| i.len()), Ok(1));
@@ -603,7 +603,7 @@ mod tests {
     #[test]
     fn lowercasing_that_grows_is_measured_after() {
         // 'İ' lowercases to two scalar values ("i̇"), so 32 of them become 64.
-        assert_eq!(Interests::parse(["İ".repeat(32)]), Err(ProtocolError::InterestLength));
+        assert_eq!(Interests::parse(["İ".repeat(32)]), Err(RequestError::InterestLength));
         assert!(Interests::parse(["İ".repeat(16)]).is_ok());
     }
 
@@ -635,15 +635,15 @@ mod tests {
                 "bad_interests"
             ]
         );
-        // Every code is reachable from some ProtocolError.
+        // Every code is reachable from some RequestError.
         let errors = [
-            ProtocolError::Malformed,
-            ProtocolError::UnknownType,
-            ProtocolError::NotInChat,
-            ProtocolError::MessageTooLong { max: 3 },
-            ProtocolError::EmptyMessage,
-            ProtocolError::RateLimited,
-            ProtocolError::TooManyInterests,
+            RequestError::Malformed,
+            RequestError::UnknownType,
+            RequestError::NotInChat,
+            RequestError::MessageTooLong { max: 3 },
+            RequestError::EmptyMessage,
+            RequestError::RateLimited,
+            RequestError::TooManyInterests,
         ];
         for (e, code) in errors.iter().zip(ErrorCode::ALL) {
             assert_eq!(e.code(), code);

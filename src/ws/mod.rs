@@ -8,7 +8,7 @@ mod session;
 pub use frame::{encode_close, encode_frame, parse_header, FrameHeader, OpCode};
 pub use handshake::{accept_key, validate_upgrade, HandshakeError, WS_GUID};
 pub use mask::apply_mask;
-pub use session::{Incoming, Session};
+pub use session::{Close, IdleOutcome, Incoming, Session, WsState};
 
 /// A broken rule of RFC 6455. Each variant closes the connection with the code of
 /// [`ProtocolError::close_code`].
@@ -52,7 +52,8 @@ pub enum ProtocolError {
     MessageTooBig,
 }
 
-/// Close status codes (RFC 6455 §7.4.1).
+/// Close status codes (RFC 6455 §7.4.1), and the one place chatd defines them: the endpoint, the
+/// roulette and the tests all use these.
 pub mod close_code {
     /// Normal closure.
     pub const NORMAL: u16 = 1000;
@@ -74,7 +75,34 @@ pub mod close_code {
     pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
+/// The reasons sent with the close codes that chatd itself starts.
+pub mod close_reason {
+    /// 1001 after an unanswered ping.
+    pub const IDLE_TIMEOUT: &str = "idle timeout";
+    /// 1001 on a graceful stop.
+    pub const SHUTDOWN: &str = "server shutting down";
+}
+
 impl ProtocolError {
+    /// The short reason sent in the close frame.
+    pub fn reason(self) -> &'static str {
+        use ProtocolError as P;
+        match self {
+            P::UnmaskedFrame => "client frames must be masked",
+            P::ReservedBits => "reserved bits set",
+            P::ReservedOpcode(_) => "reserved opcode",
+            P::ControlFrameTooBig => "control frame too long",
+            P::FragmentedControl => "fragmented control frame",
+            P::UnexpectedContinuation => "unexpected continuation frame",
+            P::ExpectedContinuation => "expected a continuation frame",
+            P::BadLength => "bad payload length",
+            P::CloseTooShort => "bad close payload",
+            P::BadCloseCode(_) => "invalid close code",
+            P::BadUtf8 => "invalid UTF-8",
+            P::MessageTooBig => "message too big",
+        }
+    }
+
     /// The close code this error is answered with.
     pub fn close_code(self) -> u16 {
         match self {

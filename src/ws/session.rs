@@ -1,4 +1,6 @@
-//! One WebSocket peer's incoming side: frames in, messages and control events out.
+//! One WebSocket peer's protocol state: frames in, messages and control events out, plus the
+//! liveness (ping/pong) and close handshake states, so that every rule of RFC 6455 about one
+//! connection lives here and the endpoint only decides *when* (deadlines, shutdown).
 //!
 //! `decode` works on the connection's read buffer: it unmasks a complete frame in place and
 //! returns a borrowed view of the message, so a text message that fits in one frame is handed to
@@ -6,7 +8,46 @@
 //! session's own, capped at `max_message` before each fragment is appended. Text is checked as
 //! it arrives: a fragment, and even the received part of an incomplete frame, that cannot begin
 //! valid UTF-8 fails the connection at once (RFC 6455 §8.1, "fail fast").
-use super::{apply_mask, is_valid_close_code, parse_header, OpCode, ProtocolError, Result};
+use super::{
+    apply_mask, encode_close, encode_frame, is_valid_close_code, parse_header, OpCode,
+    ProtocolError, Result,
+};
+
+/// The payload of the pings sent to silent peers.
+const PING_PAYLOAD: &[u8] = b"chatd";
+
+/// Where a session is in its life. Changes only forward, except `Pinged` -> `Open` when the
+/// peer shows it is alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WsState {
+    /// Messages flow both ways.
+    Open,
+    /// The peer was silent: a ping is out and the peer must answer (anything counts).
+    Pinged,
+    /// A close frame is decided (it is written after what is already queued for the peer):
+    /// input is ignored from now on.
+    Closing,
+}
+
+/// What to do about a peer that was silent for a whole deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdleOutcome {
+    /// A ping was written; wait for the ping timeout.
+    Pinged,
+    /// The ping went unanswered (or the session is closing): close with 1001.
+    TimedOut,
+}
+
+/// The close frame to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Close {
+    /// The answer to the peer's close frame: its code echoed, or an empty payload if it sent
+    /// none (RFC 6455 §5.5.1).
+    Echo(Option<u16>),
+    /// A close started here, with a code from [`close_code`](super::close_code) and a short
+    /// reason (at most 123 bytes).
+    Code(u16, &'static str),
+}
 
 /// A decoded event.
 #[derive(Debug, PartialEq, Eq)]
@@ -70,13 +111,14 @@ struct Partial {
     utf8: Utf8Scan,
 }
 
-/// The incoming half of a WebSocket connection.
+/// One side of a WebSocket connection: the server's.
 ///
 /// Kept small (16 bytes), because every open connection holds one: what only fragmented
 /// messages and frames cut by a read need lives in a box that exists only while they do.
 #[derive(Debug)]
 pub struct Session {
-    max_message: usize,
+    max_message: u32,
+    state: WsState,
     rare: Option<Box<Assembly>>,
 }
 
@@ -91,15 +133,64 @@ struct Assembly {
 }
 
 impl Session {
-    /// A session accepting frames and messages of at most `max_message` bytes.
+    /// A session accepting frames and messages of at most `max_message` bytes (capped at
+    /// 4 GiB - 1).
     pub fn new(max_message: usize) -> Session {
-        Session { max_message, rare: None }
+        Session { max_message: cap(max_message), state: WsState::Open, rare: None }
     }
 
     /// Changes the message limit (a reload); a message already being assembled keeps going
     /// under the new limit.
     pub fn set_max_message(&mut self, max_message: usize) {
-        self.max_message = max_message;
+        self.max_message = cap(max_message);
+    }
+
+    /// Where the session is.
+    pub fn state(&self) -> WsState {
+        self.state
+    }
+
+    /// The peer sent something: it is alive, an outstanding ping is answered.
+    pub fn handle_activity(&mut self) {
+        if self.state == WsState::Pinged {
+            self.state = WsState::Open;
+        }
+    }
+
+    /// The peer was silent for a whole deadline: the first time, ping it (written to `out`);
+    /// the second time, it is gone.
+    pub fn handle_idle(&mut self, out: &mut Vec<u8>) -> IdleOutcome {
+        match self.state {
+            WsState::Open => {
+                encode_frame(out, OpCode::Ping, PING_PAYLOAD);
+                self.state = WsState::Pinged;
+                IdleOutcome::Pinged
+            }
+            WsState::Pinged | WsState::Closing => IdleOutcome::TimedOut,
+        }
+    }
+
+    /// Answers a ping with a pong carrying the same payload (§5.5.3). An associated function,
+    /// because the payload is still borrowed from the session's `decode`.
+    pub fn answer_ping(payload: &[u8], out: &mut Vec<u8>) {
+        encode_frame(out, OpCode::Pong, payload);
+    }
+
+    /// Decides to close: from now on input is ignored. Returns false if a close was already
+    /// decided (the connection must send only one close frame).
+    pub fn start_closing(&mut self) -> bool {
+        let was_open = self.state != WsState::Closing;
+        self.state = WsState::Closing;
+        was_open
+    }
+
+    /// Writes the close frame; the session ends here (the endpoint lingers for the peer's FIN).
+    pub fn finish(self, close: Close, out: &mut Vec<u8>) {
+        match close {
+            Close::Echo(Some(code)) => encode_close(out, code, ""),
+            Close::Echo(None) => encode_frame(out, OpCode::Close, &[]),
+            Close::Code(code, reason) => encode_close(out, code, reason),
+        }
     }
 
     /// Whether the session holds no buffered data.
@@ -138,7 +229,7 @@ impl Session {
         };
         let so_far = partial.map_or(0, |p| p.buf.len());
         // The limit is checked against the declared length, before any byte of it is awaited.
-        if h.len > self.max_message.saturating_sub(so_far) as u64 {
+        if h.len > (self.max_message as usize).saturating_sub(so_far) as u64 {
             return Err(ProtocolError::MessageTooBig);
         }
         let len = h.len as usize;
@@ -200,6 +291,10 @@ impl Session {
         };
         Ok(Some((total, event)))
     }
+}
+
+fn cap(max_message: usize) -> u32 {
+    u32::try_from(max_message).unwrap_or(u32::MAX)
 }
 
 fn parse_close(payload: &[u8]) -> Result<Incoming<'_>> {

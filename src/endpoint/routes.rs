@@ -1,0 +1,141 @@
+//! HTTP routing: what each complete request head gets. `/ws` upgrades, `/healthz` says whether
+//! this node serves, `/metrics` is for the addresses in `metrics_allow`, and every other path
+//! is a file of the page (with `ETag` / `If-None-Match`).
+//!
+//! Owns: the choice of response and whether the connection stays open after it.
+//! May not touch: connection state (it returns [`Next`]), sockets, the clock (the `Date` it
+//! writes was formatted by the endpoint).
+use std::net::IpAddr;
+
+use super::{Settings, Stats};
+use crate::{
+    app::App,
+    http::{self, HttpDate, Method, Request, Site, Status},
+    ws,
+};
+
+/// What the connection does after the response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Next {
+    /// Wait for the next request (keep-alive).
+    KeepAlive,
+    /// Close after the response; `why` is for the debug log when it was a refusal.
+    Close {
+        /// Why the request was refused, if it was.
+        why: Option<String>,
+    },
+    /// The 101 was written: the connection is now a WebSocket.
+    Upgrade,
+}
+
+/// What routing reads besides the request.
+pub(super) struct RouteCx<'a, A> {
+    pub(super) settings: &'a Settings,
+    pub(super) site: &'a Site,
+    pub(super) date: &'a HttpDate,
+    pub(super) stats: &'a Stats,
+    pub(super) app: &'a A,
+    /// Open connections, for `/metrics`.
+    pub(super) open: usize,
+    /// A graceful stop is under way: `/healthz` says 503.
+    pub(super) stopping: bool,
+}
+
+/// Answers one complete request from `client` into `out`.
+pub(super) fn respond<A: App>(
+    cx: &RouteCx<'_, A>,
+    req: &Request,
+    client: IpAddr,
+    out: &mut Vec<u8>,
+) -> Next {
+    let head_only = req.method == Method::Head;
+    let keep_alive = req.keep_alive();
+    let date = cx.date;
+    let after = |refused: Option<String>| match refused {
+        None if keep_alive => Next::KeepAlive,
+        why => Next::Close { why },
+    };
+    if req.method == Method::Other {
+        let extra = "Allow: GET, HEAD\r\n";
+        http::write_error(out, date, Status::MethodNotAllowed, extra, false, false);
+        return Next::Close { why: Some("method not allowed".into()) };
+    }
+    match req.path() {
+        "/ws" => match ws::validate_upgrade(req, &cx.settings.allowed_origins) {
+            Ok(accept) => {
+                http::write_upgrade(out, date, &accept);
+                Next::Upgrade
+            }
+            Err(e) => {
+                let (status, extra) = e.response();
+                http::write_error(out, date, status, extra, head_only, false);
+                Next::Close { why: Some(format!("upgrade refused: {e}")) }
+            }
+        },
+        "/metrics" => {
+            if cx.settings.metrics_allow.contains(&client) {
+                let mut body = String::with_capacity(4096);
+                super::write_metrics(cx.stats, cx.open, cx.stopping, cx.app, &mut body);
+                let extra = "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
+                             Cache-Control: no-store\r\n";
+                http::write_response(
+                    out,
+                    date,
+                    Status::Ok,
+                    extra,
+                    body.as_bytes(),
+                    head_only,
+                    keep_alive,
+                );
+                after(None)
+            } else {
+                http::write_error(out, date, Status::Forbidden, "", head_only, keep_alive);
+                match after(None) {
+                    Next::Close { .. } => Next::Close { why: Some("metrics refused".into()) },
+                    next => next,
+                }
+            }
+        }
+        "/healthz" => {
+            let (status, body) = if cx.stopping {
+                (Status::ServiceUnavailable, "stopping\n")
+            } else {
+                (Status::Ok, "ok\n")
+            };
+            let extra = "Content-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\n";
+            http::write_response(out, date, status, extra, body.as_bytes(), head_only, keep_alive);
+            after(None)
+        }
+        path => match http::resolve_path(path) {
+            Err(e) => {
+                http::write_error(out, date, e.status(), "", head_only, false);
+                Next::Close { why: Some(format!("bad path: {e}")) }
+            }
+            Ok(key) => match cx.site.get(&key) {
+                Some(asset) => {
+                    let fresh = req.header_all("if-none-match").any(|v| {
+                        v.split(',').any(|t| {
+                            t.trim().trim_start_matches("W/") == asset.etag || t.trim() == "*"
+                        })
+                    });
+                    let (status, head_only) =
+                        if fresh { (Status::NotModified, true) } else { (Status::Ok, head_only) };
+                    http::write_response(
+                        out,
+                        date,
+                        status,
+                        &asset.headers,
+                        &asset.body,
+                        head_only,
+                        keep_alive,
+                    );
+                    after(None)
+                }
+                None => {
+                    http::write_error(out, date, Status::NotFound, "", head_only, keep_alive);
+                    after(None)
+                }
+            },
+        },
+    }
+}
