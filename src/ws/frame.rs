@@ -167,31 +167,11 @@ pub fn encode_close(out: &mut Vec<u8>, code: u16, reason: &str) {
 mod tests {
     use super::*;
 
-    fn masked(b0: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [1, 2, 3, 4];
-        let mut v = vec![b0];
-        match payload.len() {
-            n if n < 126 => v.push(0x80 | n as u8),
-            n if n <= 0xffff => {
-                v.push(0x80 | 126);
-                v.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                v.push(0x80 | 127);
-                v.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        v.extend_from_slice(&mask);
-        let mut p = payload.to_vec();
-        super::super::apply_mask(&mut p, mask);
-        v.extend_from_slice(&p);
-        v
-    }
-
     #[test]
     fn every_prefix_of_a_header_is_incomplete() {
         for len in [0usize, 125, 126, 65535, 65536] {
-            let frame = masked(0x81, &vec![b'a'; len]);
+            let mut frame = Vec::new();
+            encode_masked(&mut frame, OpCode::Text, &vec![b'a'; len], [1, 2, 3, 4]);
             let (h, n) = parse_header(&frame).unwrap().unwrap();
             assert_eq!(h.len, len as u64);
             assert_eq!(h.opcode, OpCode::Text);
