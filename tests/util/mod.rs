@@ -19,6 +19,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use chatd::ws::{encode_frame, encode_masked, OpCode};
+
 /// The longest any single read or write may take. Things that should happen within a configured
 /// timeout of a few hundred milliseconds are waited for this long.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
@@ -325,40 +327,36 @@ impl Frame {
     }
 }
 
-/// The masking key used by [`frame`].
+/// The masking key used by [`frame`] and [`header`].
 pub const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
-/// A masked client frame: `b0` is the first byte as sent (FIN, RSV, opcode).
+/// A masked client frame as `chatd::ws::encode_masked` writes it, except for the first byte,
+/// `b0` (FIN, RSV, opcode), which is sent as given: tests break rules no encoder would.
 pub fn frame(b0: u8, payload: &[u8]) -> Vec<u8> {
-    let mut v = header(b0, payload.len() as u64, Some(MASK));
-    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+    let mut v = Vec::new();
+    encode_masked(&mut v, OpCode::Binary, payload, MASK);
+    v[0] = b0;
     v
 }
 
-/// An unmasked client frame (a protocol violation).
+/// An unmasked client frame (a protocol violation), first byte `b0`.
 pub fn unmasked_frame(b0: u8, payload: &[u8]) -> Vec<u8> {
-    let mut v = header(b0, payload.len() as u64, None);
-    v.extend_from_slice(payload);
+    let mut v = Vec::new();
+    encode_frame(&mut v, OpCode::Binary, payload);
+    v[0] = b0;
     v
 }
 
-/// A frame header declaring `len` payload bytes, in the shortest length encoding.
-pub fn header(b0: u8, len: u64, mask: Option<[u8; 4]>) -> Vec<u8> {
-    let m = if mask.is_some() { 0x80 } else { 0 };
-    let mut v = vec![b0];
-    match len {
-        0..=125 => v.push(m | len as u8),
-        126..=0xffff => {
-            v.push(m | 126);
-            v.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        _ => {
-            v.push(m | 127);
-            v.extend_from_slice(&len.to_be_bytes());
-        }
-    }
-    if let Some(mask) = mask {
-        v.extend_from_slice(&mask);
+/// The header of a masked frame, first byte `b0`, that declares `len` payload bytes and sends
+/// none: a frame cut short, or a length beyond any buffer.
+pub fn header(b0: u8, len: u64) -> Vec<u8> {
+    // A payload of up to 64 KiB picks the length encoding; a longer declared length then goes
+    // into the 64-bit field (bytes 2..10, RFC 6455 §5.2), which no real payload could fill.
+    let backed = len.min(1 << 16) as usize;
+    let mut v = frame(b0, &vec![0; backed]);
+    v.truncate(v.len() - backed);
+    if len > backed as u64 {
+        v[2..10].copy_from_slice(&len.to_be_bytes());
     }
     v
 }
