@@ -6,14 +6,13 @@ use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
     os::unix::process::CommandExt,
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use util::{chatd_bin, TempDir, TIMEOUT};
+use util::{Server, TIMEOUT};
 
 /// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
+fn cpu_ticks(pid: i32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
     // Fields after the command name (which is in parentheses and may hold spaces).
     let rest = &stat[stat.rfind(')').expect("comm") + 2..];
@@ -32,25 +31,19 @@ fn get_root(addr: SocketAddr) -> Option<String> {
 
 #[test]
 fn out_of_descriptors_pauses_accepting_without_spinning_and_recovers() {
-    let dir = TempDir::new("fds");
-    // SAFETY: geteuid has no preconditions.
-    let user = if unsafe { libc::geteuid() } == 0 { "user = \"nobody\"\n" } else { "" };
-    let config = dir.write("chatd.toml", &format!("listen = \"127.0.0.1:0\"\n{user}"));
-    let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
-    let mut cmd = Command::new(chatd_bin());
-    cmd.arg("--config").arg(&config).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr);
-    // SAFETY: setrlimit is async-signal-safe and only touches the child.
-    unsafe {
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit { rlim_cur: 32, rlim_max: 32 };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().expect("spawn chatd");
-    let (addr, _stdout) = util::await_address(&mut child, &dir);
+    let server = Server::start_with("", |cmd| {
+        // SAFETY: setrlimit is async-signal-safe and only touches the child.
+        unsafe {
+            cmd.pre_exec(|| {
+                let lim = libc::rlimit { rlim_cur: 32, rlim_max: 32 };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    let addr = server.addr();
 
     // Hold connections open until chatd can accept no more: the kernel still completes the
     // handshakes, so the surplus waits in the listen queue.
@@ -59,13 +52,13 @@ fn out_of_descriptors_pauses_accepting_without_spinning_and_recovers() {
         held.push(TcpStream::connect(addr).expect("connect"));
     }
     std::thread::sleep(Duration::from_millis(300));
-    let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    let log = server.stderr();
     assert!(log.contains("cannot accept, pausing"), "no EMFILE warning in the log:\n{log}");
 
     // While starved, the loop must idle: a spin on the ready listener would burn a whole second.
-    let before = cpu_ticks(child.id());
+    let before = cpu_ticks(server.pid());
     std::thread::sleep(Duration::from_secs(1));
-    let spent = cpu_ticks(child.id()) - before;
+    let spent = cpu_ticks(server.pid()) - before;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
     assert!(spent * 4 < hz, "chatd used {spent} ticks of {hz} in one starved second: it spins");
@@ -80,12 +73,10 @@ fn out_of_descriptors_pauses_accepting_without_spinning_and_recovers() {
         assert!(Instant::now() < deadline, "chatd did not recover");
     };
     assert!(answer.ends_with("ok\n"), "{answer}");
-    let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    let log = server.stderr();
     assert_eq!(
         log.matches("cannot accept, pausing").count(),
         1,
         "the warning is rate-limited:\n{log}"
     );
-    let _ = child.kill();
-    let _ = child.wait();
 }

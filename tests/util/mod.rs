@@ -10,7 +10,7 @@ use std::{
     io::{self, BufRead, BufReader, ErrorKind, Read, Write},
     net::{Shutdown, SocketAddr, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, ChildStdout, Command, Output, Stdio},
+    process::{Child, ChildStdout, Command, ExitStatus, Stdio},
     sync::{
         atomic::{AtomicUsize, Ordering},
         mpsc,
@@ -73,27 +73,121 @@ impl Drop for TempDir {
     }
 }
 
-/// Runs `chatd` with `args` to completion (for the CLI tests) and returns its output.
-pub fn run_chatd(args: &[&str]) -> Output {
-    let mut child = Command::new(chatd_bin())
+/// Whether the tests run as root, as CI does.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `user = "nobody"` when running as root (chatd refuses to keep root: a deployment names the
+/// account it drops to), nothing otherwise.
+pub fn user_line() -> &'static str {
+    if is_root() {
+        "user = \"nobody\"\n"
+    } else {
+        ""
+    }
+}
+
+/// For a test that needs root: says so and returns `true` (skip) when not root. CI runs as
+/// root, so there a missing root fails the test instead: no test passes in CI by skipping.
+pub fn skip_without_root() -> bool {
+    if is_root() {
+        return false;
+    }
+    assert!(std::env::var_os("CI").is_none(), "this test needs root, and CI runs as root");
+    eprintln!("skipped: needs root (CI runs as root)");
+    true
+}
+
+/// A child process, killed and reaped on drop so that a failing test leaves nothing running.
+/// If the test is failing, the log file the process writes is printed first.
+#[derive(Debug)]
+pub struct KillOnDrop {
+    child: Child,
+    log: PathBuf,
+    /// Names the process in messages: `chatd (ADDR)`.
+    name: String,
+}
+
+impl KillOnDrop {
+    /// Takes charge of `child`, whose log (stderr) goes to the file `log`.
+    pub fn new(child: Child, log: PathBuf, name: String) -> KillOnDrop {
+        KillOnDrop { child, log, name }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("pid fits")
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGTERM`) to the process.
+    pub fn signal(&self, signal: i32) {
+        let pid = self.pid();
+        // SAFETY: kill(2) with the pid of our own child process has no memory effects.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill({pid}, {signal})");
+    }
+
+    /// Waits up to `limit` for the process to exit; returns its status and how long that took.
+    pub fn wait_exit(&mut self, limit: Duration) -> (ExitStatus, Duration) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for chatd") {
+                return (status, start.elapsed());
+            }
+            assert!(start.elapsed() < limit, "{} did not exit within {limit:?}", self.name);
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// What the process has logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            eprintln!("--- {} stderr ---\n{}--- end ---", self.name, self.log());
+        }
+    }
+}
+
+/// How a command that ran to its end ended, its output read as text.
+#[derive(Debug)]
+pub struct Exit {
+    /// The exit status.
+    pub status: ExitStatus,
+    /// Everything written to stdout (invalid UTF-8 replaced).
+    pub stdout: String,
+    /// Everything written to stderr (invalid UTF-8 replaced).
+    pub stderr: String,
+}
+
+/// Runs `chatd args` to its end (at most [`TIMEOUT`]): the CLI, or a start in daemon mode whose
+/// starting command exits. Output goes to files, not pipes, so that a daemon that kept a copy
+/// of them cannot make this wait.
+pub fn run_chatd(args: &[&str]) -> Exit {
+    let out = TempDir::new("run");
+    let stdout = fs::File::create(out.path().join("stdout")).expect("create stdout file");
+    let stderr = fs::File::create(out.path().join("stderr")).expect("create stderr file");
+    let child = Command::new(chatd_bin())
         .args(args)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(stdout)
+        .stderr(stderr)
         .spawn()
         .expect("spawn chatd");
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        if child.try_wait().expect("wait for chatd").is_some() {
-            return child.wait_with_output().expect("collect chatd output");
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("collect chatd output");
-            panic!("chatd {args:?} did not exit within {TIMEOUT:?}: {out:?}");
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
+    // Dropped (killed, its stderr shown if this panics) before `out` is removed.
+    let mut process = KillOnDrop::new(child, out.path().join("stderr"), format!("chatd {args:?}"));
+    let (status, _) = process.wait_exit(TIMEOUT);
+    let read = |name| {
+        String::from_utf8_lossy(&fs::read(out.path().join(name)).unwrap_or_default()).into_owned()
+    };
+    Exit { status, stdout: read("stdout"), stderr: read("stderr") }
 }
 
 /// Waits for a just-spawned chatd's first stdout line, `chatd listening on http://ADDR/`, and
@@ -134,9 +228,11 @@ pub fn await_address(child: &mut Child, dir: &TempDir) -> (SocketAddr, BufReader
 /// the test fails.
 #[derive(Debug)]
 pub struct Server {
-    child: Child,
+    /// First, so that it is killed (and its log printed) before its folder is removed.
+    process: KillOnDrop,
     addr: SocketAddr,
-    dir: TempDir,
+    /// The configuration and the log, removed once the process is gone.
+    _dir: TempDir,
     /// Kept open so that the server never writes to a closed pipe.
     _stdout: BufReader<ChildStdout>,
 }
@@ -145,25 +241,31 @@ impl Server {
     /// Starts `chatd` with a config of `listen = "127.0.0.1:0"` followed by `extra_toml`, waits
     /// for its `chatd listening on http://ADDR/` line and returns it running.
     pub fn start(extra_toml: &str) -> Server {
+        Server::start_with(extra_toml, |_| {})
+    }
+
+    /// Like [`Server::start`], with `configure` applied to the command before it is spawned
+    /// (limits, environment).
+    pub fn start_with(extra_toml: &str, configure: impl FnOnce(&mut Command)) -> Server {
         let dir = TempDir::new("server");
         // chatd refuses to keep root (CI runs as root): run as `nobody`, as a deployment would.
-        // SAFETY: geteuid has no preconditions.
-        let as_root = unsafe { libc::geteuid() } == 0;
-        let user =
-            if as_root && !extra_toml.contains("user =") { "user = \"nobody\"\n" } else { "" };
+        let user = if extra_toml.contains("user =") { "" } else { user_line() };
         let config =
             dir.write("chatd.toml", &format!("listen = \"127.0.0.1:0\"\n{user}{extra_toml}\n"));
-        let stderr = fs::File::create(dir.path().join("stderr.log")).expect("create stderr log");
-        let mut child = Command::new(chatd_bin())
+        let log = dir.path().join("stderr.log");
+        let stderr = fs::File::create(&log).expect("create stderr log");
+        let mut command = Command::new(chatd_bin());
+        command
             .arg("--config")
             .arg(&config)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr))
-            .spawn()
-            .expect("spawn chatd");
+            .stderr(Stdio::from(stderr));
+        configure(&mut command);
+        let mut child = command.spawn().expect("spawn chatd");
         let (addr, stdout) = await_address(&mut child, &dir);
-        Server { child, addr, dir, _stdout: stdout }
+        let process = KillOnDrop::new(child, log, format!("chatd ({addr})"));
+        Server { process, addr, _dir: dir, _stdout: stdout }
     }
 
     /// The address the server listens on.
@@ -176,28 +278,24 @@ impl Server {
         self.addr.to_string()
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> i32 {
+        self.process.pid()
+    }
+
     /// Sends `signal` (e.g. `libc::SIGTERM`) to the server process.
     pub fn signal(&self, signal: i32) {
-        let pid = i32::try_from(self.child.id()).expect("pid fits");
-        // SAFETY: kill(2) with the pid of our own child process has no memory effects.
-        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill({pid}, {signal})");
+        self.process.signal(signal);
     }
 
     /// Waits up to [`TIMEOUT`] for the process to exit and returns its status.
-    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for chatd") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "chatd did not exit within {TIMEOUT:?}");
-            thread::sleep(Duration::from_millis(10));
-        }
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        self.process.wait_exit(TIMEOUT).0
     }
 
     /// What the server has logged so far.
     pub fn stderr(&self) -> String {
-        fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+        self.process.log()
     }
 
     /// A new raw connection.
@@ -237,16 +335,6 @@ impl Server {
         ws.send(&frame(0x88, &close_payload(1000, "")));
         let f = ws.read_frame_skipping_text();
         assert_eq!(f.close_code(), Some(1000));
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if thread::panicking() {
-            eprintln!("--- chatd stderr ({}) ---\n{}--- end ---", self.addr, self.stderr());
-        }
     }
 }
 
