@@ -18,7 +18,7 @@ mod util;
 use std::{
     collections::HashMap,
     fs,
-    io::{BufReader, ErrorKind, Read, Write},
+    io::{BufReader, Read, Write},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
     os::{
         fd::{FromRawFd, OwnedFd},
@@ -31,10 +31,9 @@ use std::{
 };
 
 use serde_json::{json, Value};
-use tungstenite::{Message, WebSocket};
 use util::{
-    chatd_bin, eventually, is_root, run_chatd, skip_without_root, user_line, Client as RawClient,
-    KillOnDrop, Response, TempDir, TIMEOUT,
+    chatd_bin, eventually, is_root, message, pair, run_chatd, skip_without_root, user_line, Chat,
+    Client as RawClient, KillOnDrop, Response, TempDir, TIMEOUT,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -352,113 +351,6 @@ fn status_from(from: Ipv4Addr, addr: SocketAddr, path: &str) -> u16 {
     line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{line:?}"))
 }
 
-/// A chat client (tungstenite) whose every read has a deadline.
-struct Chat {
-    ws: WebSocket<TcpStream>,
-    welcome: Value,
-}
-
-impl Chat {
-    /// Opens `/ws` and reads the welcome.
-    fn connect(addr: SocketAddr) -> Chat {
-        let stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect");
-        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        stream.set_write_timeout(Some(TIMEOUT)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        let (ws, response) =
-            tungstenite::client(format!("ws://{addr}/ws"), stream).expect("WebSocket handshake");
-        assert_eq!(response.status(), 101);
-        let mut c = Chat { ws, welcome: Value::Null };
-        let welcome = c.next(Instant::now() + TIMEOUT).expect("a welcome");
-        assert_eq!(welcome["type"], "welcome", "{welcome}");
-        c.welcome = welcome;
-        c
-    }
-
-    fn send(&mut self, v: Value) {
-        self.ws.send(Message::Text(v.to_string())).expect("send a text frame");
-    }
-
-    fn say(&mut self, text: &str) {
-        self.send(json!({"type": "message", "text": text}));
-    }
-
-    /// The next message before `deadline` (pings skipped); `None` on timeout. A close frame is
-    /// returned as `{"close": CODE}`.
-    fn next(&mut self, deadline: Instant) -> Option<Value> {
-        loop {
-            let left =
-                deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-            self.ws.get_ref().set_read_timeout(Some(left)).unwrap();
-            match self.ws.read() {
-                Ok(Message::Text(t)) => {
-                    return Some(serde_json::from_str(&t).unwrap_or_else(|e| panic!("{e}: {t:?}")))
-                }
-                Ok(Message::Close(frame)) => {
-                    // Send the close reply now, so that the server need not wait for it.
-                    let _ = self.ws.flush();
-                    return Some(json!({"close": frame.map(|f| u16::from(f.code))}));
-                }
-                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
-                Ok(Message::Binary(b)) => panic!("unexpected binary message {b:?}"),
-                Err(tungstenite::Error::Io(e))
-                    if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
-                {
-                    if Instant::now() >= deadline {
-                        return None;
-                    }
-                }
-                Err(e) => panic!("reading from chatd: {e}"),
-            }
-        }
-    }
-
-    /// The next message that is not an `online` count. Panics after [`TIMEOUT`].
-    fn recv(&mut self) -> Value {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let v = self.next(deadline).unwrap_or_else(|| panic!("no message within {TIMEOUT:?}"));
-            if v["type"] != "online" {
-                return v;
-            }
-        }
-    }
-
-    fn expect(&mut self, expected: Value) {
-        assert_eq!(self.recv(), expected);
-    }
-
-    fn expect_error(&mut self, code: &str) {
-        let got = self.recv();
-        assert_eq!((&got["type"], &got["code"]), (&json!("error"), &json!(code)), "{got}");
-    }
-
-    /// Nothing but `online` counts for `ms` milliseconds, and still open.
-    fn expect_silence(&mut self, ms: u64) {
-        let deadline = Instant::now() + Duration::from_millis(ms);
-        while let Some(v) = self.next(deadline) {
-            assert_eq!(v["type"], "online", "expected silence, got {v}");
-        }
-    }
-}
-
-/// Two clients paired with each other.
-fn pair(addr: SocketAddr) -> (Chat, Chat) {
-    let mut a = Chat::connect(addr);
-    let mut b = Chat::connect(addr);
-    a.send(json!({"type": "search"}));
-    a.expect(json!({"type": "searching"}));
-    b.send(json!({"type": "search"}));
-    b.expect(json!({"type": "searching"}));
-    a.expect(json!({"type": "matched", "common_interests": []}));
-    b.expect(json!({"type": "matched", "common_interests": []}));
-    (a, b)
-}
-
-fn message(text: &str) -> Value {
-    json!({"type": "message", "text": text})
-}
-
 /// `a` and `b` still chat both ways.
 fn assert_chatting(a: &mut Chat, b: &mut Chat, tag: &str) {
     a.say(&format!("a{tag}"));
@@ -472,7 +364,7 @@ fn expect_shutdown_goodbye(a: Chat, b: Chat) {
     for (name, mut c) in [("a", a), ("b", b)] {
         let deadline = Instant::now() + TIMEOUT;
         let mut got = Vec::new();
-        while let Some(v) = c.next(deadline) {
+        while let Some(v) = c.next_json(deadline) {
             if v["type"] == "online" {
                 continue;
             }

@@ -664,7 +664,7 @@ fn read_until_closed(
 #[test]
 fn tungstenite_client_gets_the_welcome_and_closes_cleanly() {
     let server = Server::start("");
-    let (mut ws, response) = util::tungstenite_connect(&server);
+    let (mut ws, response) = util::tungstenite_connect(server.addr());
     assert_eq!(response.status(), 101);
     let Message::Text(text) = ws.read().expect("welcome") else { panic!("welcome is text") };
     let welcome: serde_json::Value = serde_json::from_str(&text).expect("JSON");
@@ -686,7 +686,7 @@ fn tungstenite_client_gets_the_welcome_and_closes_cleanly() {
 #[test]
 fn tungstenite_client_sending_binary_gets_1003() {
     let server = Server::start("");
-    let (mut ws, _) = util::tungstenite_connect(&server);
+    let (mut ws, _) = util::tungstenite_connect(server.addr());
     ws.send(Message::Binary(vec![1, 2, 3])).unwrap();
     let close = read_until_closed(&mut ws).expect("a close frame");
     assert_eq!(close.code, CloseCode::Unsupported);
@@ -696,7 +696,7 @@ fn tungstenite_client_sending_binary_gets_1003() {
 #[test]
 fn tungstenite_client_sending_too_much_gets_1009() {
     let server = Server::start(SMALL);
-    let (mut ws, _) = util::tungstenite_connect(&server);
+    let (mut ws, _) = util::tungstenite_connect(server.addr());
     ws.send(Message::Text("x".repeat(2000))).unwrap();
     let close = read_until_closed(&mut ws).expect("a close frame");
     assert_eq!(close.code, CloseCode::Size);
@@ -707,7 +707,7 @@ fn tungstenite_client_sending_too_much_gets_1009() {
 #[test]
 fn twenty_tungstenite_clients_at_once() {
     let server = Server::start("");
-    let mut all: Vec<_> = (0..20).map(|_| util::tungstenite_connect(&server).0).collect();
+    let mut all: Vec<_> = (0..20).map(|_| util::tungstenite_connect(server.addr()).0).collect();
     for ws in &mut all {
         let Message::Text(t) = ws.read().expect("welcome") else { panic!("welcome is text") };
         assert!(t.contains("welcome"));

@@ -20,6 +20,8 @@ use std::{
 };
 
 use chatd::ws::{encode_frame, encode_masked, OpCode};
+use serde_json::{json, Value};
+use tungstenite::{protocol::CloseFrame, Message, WebSocket};
 
 /// The longest any single read or write may take. Things that should happen within a configured
 /// timeout of a few hundred milliseconds are waited for this long.
@@ -750,11 +752,185 @@ pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 
 /// A WebSocket client library (tungstenite) over a blocking `TcpStream` with timeouts.
 pub fn tungstenite_connect(
-    server: &Server,
+    addr: SocketAddr,
 ) -> (tungstenite::WebSocket<TcpStream>, tungstenite::handshake::client::Response) {
-    let stream = TcpStream::connect_timeout(&server.addr(), TIMEOUT).expect("connect");
+    let stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect");
     stream.set_read_timeout(Some(TIMEOUT)).unwrap();
     stream.set_write_timeout(Some(TIMEOUT)).unwrap();
-    tungstenite::client(format!("ws://{}/ws", server.addr()), stream)
-        .expect("tungstenite handshake")
+    tungstenite::client(format!("ws://{addr}/ws"), stream).expect("tungstenite handshake")
+}
+
+/// A chat client (the roulette's JSON over tungstenite). Every read has a deadline, so nothing
+/// hangs.
+#[derive(Debug)]
+pub struct Chat {
+    /// The WebSocket, for tests that send what the methods do not (binary, raw frames).
+    pub ws: WebSocket<TcpStream>,
+    /// The `welcome` message the server sent on connect.
+    pub welcome: Value,
+}
+
+impl Chat {
+    /// Opens a WebSocket on `/ws` and reads the welcome.
+    pub fn connect(addr: SocketAddr) -> Chat {
+        let (ws, response) = tungstenite_connect(addr);
+        assert_eq!(response.status(), 101);
+        // Small frames go out at once (no Nagle delay waiting for a delayed ACK).
+        ws.get_ref().set_nodelay(true).expect("set TCP_NODELAY");
+        let mut c = Chat { ws, welcome: Value::Null };
+        let welcome = c.recv_any();
+        assert_eq!(welcome["type"], "welcome", "the first message is the welcome: {welcome}");
+        c.welcome = welcome;
+        c
+    }
+
+    /// Sends `v` as a text frame.
+    pub fn send(&mut self, v: Value) {
+        self.send_text(&v.to_string());
+    }
+
+    /// Sends raw text (for invalid JSON).
+    pub fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::Text(text.to_owned())).expect("send a text frame");
+    }
+
+    /// `{"type":"search"}` with these interests (none when empty).
+    pub fn search(&mut self, interests: &[&str]) {
+        if interests.is_empty() {
+            self.send(json!({"type": "search"}));
+        } else {
+            self.send(json!({"type": "search", "interests": interests}));
+        }
+    }
+
+    /// A chat message.
+    pub fn say(&mut self, text: &str) {
+        self.send(message(text));
+    }
+
+    /// The next WebSocket message before `deadline`, skipping pings and pongs; `None` on timeout.
+    /// Always looks at least once (for 1 ms), so a deadline of now checks what has arrived.
+    /// Panics if the connection fails.
+    pub fn read_until(&mut self, deadline: Instant) -> Option<Message> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let left = left.max(Duration::from_millis(1));
+            self.ws.get_ref().set_read_timeout(Some(left)).expect("set read timeout");
+            match self.ws.read() {
+                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
+                Ok(m) => return Some(m),
+                Err(tungstenite::Error::Io(e))
+                    if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+                {
+                    if Instant::now() >= deadline {
+                        return None;
+                    }
+                }
+                Err(e) => panic!("reading from chatd: {e}"),
+            }
+        }
+    }
+
+    /// The next JSON message before `deadline`, `online` included; `None` on timeout. A close
+    /// frame is returned as `{"close": CODE}` (and answered at once, so that the server need
+    /// not wait for the answer).
+    pub fn next_json(&mut self, deadline: Instant) -> Option<Value> {
+        match self.read_until(deadline)? {
+            Message::Text(t) => {
+                Some(serde_json::from_str(&t).unwrap_or_else(|e| panic!("not JSON ({e}): {t:?}")))
+            }
+            Message::Close(frame) => {
+                let _ = self.ws.flush();
+                Some(json!({"close": frame.map(|f| u16::from(f.code))}))
+            }
+            other => panic!("expected a JSON text message, got {other:?}"),
+        }
+    }
+
+    /// The next JSON message, `online` included. Panics after [`TIMEOUT`].
+    pub fn recv_any(&mut self) -> Value {
+        self.next_json(Instant::now() + TIMEOUT)
+            .unwrap_or_else(|| panic!("no message within {TIMEOUT:?}"))
+    }
+
+    /// The next JSON message that is not `online`. Panics after [`TIMEOUT`].
+    pub fn recv(&mut self) -> Value {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let v =
+                self.next_json(deadline).unwrap_or_else(|| panic!("no message within {TIMEOUT:?}"));
+            if v["type"] != "online" {
+                return v;
+            }
+        }
+    }
+
+    /// The next (non-`online`) message equals `expected` exactly.
+    pub fn expect(&mut self, expected: Value) {
+        let got = self.recv();
+        assert_eq!(got, expected);
+    }
+
+    /// The next (non-`online`) message has type `kind`; returns it.
+    pub fn expect_type(&mut self, kind: &str) -> Value {
+        let got = self.recv();
+        assert_eq!(got["type"], kind, "expected a {kind:?} message, got {got}");
+        got
+    }
+
+    /// The next message is `{"type":"error","code":code,"message":"..."}` with a non-empty
+    /// human-readable message and no other field.
+    pub fn expect_error(&mut self, code: &str) {
+        let got = self.recv();
+        assert_eq!(got["type"], "error", "expected error {code:?}, got {got}");
+        assert_eq!(got["code"], code, "{got}");
+        assert!(got["message"].as_str().is_some_and(|m| !m.is_empty()), "{got}");
+        assert_eq!(got.as_object().map(|o| o.len()), Some(3), "exactly type, code, message: {got}");
+    }
+
+    /// Nothing but `online` messages arrives for `ms` milliseconds, and the connection stays open.
+    pub fn expect_silence(&mut self, ms: u64) {
+        let deadline = Instant::now() + Duration::from_millis(ms);
+        while let Some(v) = self.next_json(deadline) {
+            assert_eq!(v["type"], "online", "expected silence, got {v}");
+        }
+    }
+
+    /// The server closes the WebSocket with `code` (application messages before the close frame
+    /// are skipped and returned).
+    pub fn expect_close(&mut self, code: u16) -> Vec<Value> {
+        let deadline = Instant::now() + TIMEOUT;
+        let mut before = Vec::new();
+        loop {
+            match self.read_until(deadline) {
+                Some(Message::Text(t)) => before.push(serde_json::from_str(&t).expect("JSON")),
+                Some(Message::Close(frame)) => {
+                    let got = frame.as_ref().map(|f: &CloseFrame<'_>| u16::from(f.code));
+                    assert_eq!(got, Some(code), "close frame {frame:?}");
+                    return before;
+                }
+                Some(other) => panic!("expected close {code}, got {other:?}"),
+                None => panic!("no close frame within {TIMEOUT:?}"),
+            }
+        }
+    }
+}
+
+/// Connects two chat clients and pairs them (`a` searches first); both have seen `searching`
+/// and `matched` with no common interests.
+pub fn pair(addr: SocketAddr) -> (Chat, Chat) {
+    let mut a = Chat::connect(addr);
+    let mut b = Chat::connect(addr);
+    a.search(&[]);
+    a.expect(json!({"type": "searching"}));
+    b.search(&[]);
+    b.expect(json!({"type": "searching"}));
+    a.expect(json!({"type": "matched", "common_interests": []}));
+    b.expect(json!({"type": "matched", "common_interests": []}));
+    (a, b)
+}
+
+/// The chat message carrying `text`, as sent and as relayed.
+pub fn message(text: &str) -> Value {
+    json!({"type": "message", "text": text})
 }
