@@ -268,17 +268,49 @@ pub fn remove_pid_file(path: &Path) {
     }
 }
 
-/// The name of the user the process runs as, for the start-up log line.
+/// The name of the user the process runs as, for the start-up log line (the numeric id if the
+/// passwd database has no entry for it).
 pub fn current_user() -> String {
-    // SAFETY: getpwuid returns a pointer into static storage or null; we copy the name at once
-    // and this runs on the only thread.
-    unsafe {
-        let uid = libc::geteuid();
-        let pw = libc::getpwuid(uid);
-        if pw.is_null() || (*pw).pw_name.is_null() {
-            return uid.to_string();
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    // SAFETY: sysconf has no preconditions; -1 means "no suggestion".
+    let hint = unsafe { libc::sysconf(libc::_SC_GETPW_R_SIZE_MAX) };
+    let start = usize::try_from(hint).ok().filter(|&n| n > 0).unwrap_or(PW_BUF_FALLBACK);
+    user_name(uid, start, PW_BUF_MAX).unwrap_or_else(|| uid.to_string())
+}
+
+/// First buffer for `getpwuid_r` when sysconf suggests no size.
+const PW_BUF_FALLBACK: usize = 1024;
+/// Largest buffer offered to `getpwuid_r`: far above any real passwd entry, so an answer that
+/// still does not fit is given up rather than grown without bound.
+const PW_BUF_MAX: usize = 1 << 20;
+
+/// The name of user `uid` from the passwd database, or `None` if there is no such user, the
+/// lookup failed, or the entry does not fit in `max` bytes. The buffer starts at `start` bytes
+/// (capped at `max`) and doubles on `ERANGE`.
+///
+/// `getpwuid_r`, not `getpwuid`: the latter returns static storage that any other lookup in the
+/// process (a log drain, a library) may overwrite.
+fn user_name(uid: libc::uid_t, start: usize, max: usize) -> Option<String> {
+    let mut len = start.clamp(1, max);
+    loop {
+        let mut buf = vec![0 as libc::c_char; len];
+        // SAFETY: getpwuid_r writes into `pwd` and `buf` (whose length we pass) and sets
+        // `result` to `&pwd` on success or null if there is no such user. The strings in `pwd`
+        // point into `buf`, which outlives their use below.
+        unsafe {
+            let mut pwd: libc::passwd = std::mem::zeroed();
+            let mut result = std::ptr::null_mut();
+            let rc = libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result);
+            match rc {
+                0 if !result.is_null() && !pwd.pw_name.is_null() => {
+                    return Some(CStr::from_ptr(pwd.pw_name).to_string_lossy().into_owned());
+                }
+                libc::EINTR => {}
+                libc::ERANGE if len < max => len = len.saturating_mul(2).min(max),
+                _ => return None,
+            }
         }
-        CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned()
     }
 }
 
@@ -298,6 +330,19 @@ mod tests {
             lookup("root", Some("no-such-group-here")),
             Err(DaemonError::NoSuchAccount { kind: "group", .. })
         ));
+    }
+
+    #[test]
+    fn user_name_grows_its_buffer_up_to_the_cap() {
+        // A one-byte buffer is too small for any entry: found only by growing on ERANGE.
+        assert_eq!(user_name(0, 1, PW_BUF_MAX).as_deref(), Some("root"));
+        assert_eq!(user_name(0, 0, PW_BUF_MAX).as_deref(), Some("root"));
+        // root's entry ("root", "x", "/root", a shell) never fits in 8 bytes: given up.
+        assert_eq!(user_name(0, 1, 8), None);
+        assert_eq!(user_name(4_000_000_123, 1024, PW_BUF_MAX), None, "no such user");
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        assert_eq!(current_user(), user_name(me, 1, PW_BUF_MAX).unwrap_or(me.to_string()));
     }
 
     #[test]

@@ -3,197 +3,30 @@
 //! and the interest timeout, the re-match cooldown, every error code, the rate limit, abuse
 //! (1008), binary frames (1003), several pairs at once, the online count and a slow reader.
 //!
+//! The chat client (`util::Chat`) and `pair` are shared with the daemon tests.
+//!
 //! Every test starts its own server, so tests run in parallel. Timeouts that a test waits for are
 //! configured short through the `[chat]` table; waits for "nothing happens" are at most 300 ms.
 
 mod util;
 
-use std::{
-    io::ErrorKind,
-    net::TcpStream,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tungstenite::{protocol::CloseFrame, Message, WebSocket};
-use util::{Server, TIMEOUT};
+use tungstenite::Message;
+use util::{message, pair, Chat, Server, TIMEOUT};
 
 /// How long a negative check ("no echo", "not matched") listens.
 const SILENCE_MS: u64 = 200;
 
-/// A chat client over tungstenite. Every read has a deadline, so nothing hangs.
-struct Client {
-    ws: WebSocket<TcpStream>,
-    /// The `welcome` message the server sent on connect.
-    welcome: Value,
-}
-
-impl Client {
-    /// Opens a WebSocket on `/ws` and reads the welcome.
-    fn connect(server: &Server) -> Client {
-        let (ws, response) = util::tungstenite_connect(server);
-        assert_eq!(response.status(), 101);
-        // Small frames go out at once (no Nagle delay waiting for a delayed ACK).
-        ws.get_ref().set_nodelay(true).expect("set TCP_NODELAY");
-        let mut c = Client { ws, welcome: Value::Null };
-        let welcome = c.recv_any();
-        assert_eq!(welcome["type"], "welcome", "the first message is the welcome: {welcome}");
-        c.welcome = welcome;
-        c
-    }
-
-    /// Sends `v` as a text frame.
-    fn send(&mut self, v: Value) {
-        self.send_text(&v.to_string());
-    }
-
-    /// Sends raw text (for invalid JSON).
-    fn send_text(&mut self, text: &str) {
-        self.ws.send(Message::Text(text.to_owned())).expect("send a text frame");
-    }
-
-    /// `{"type":"search"}` with these interests (none when empty).
-    fn search(&mut self, interests: &[&str]) {
-        if interests.is_empty() {
-            self.send(json!({"type": "search"}));
-        } else {
-            self.send(json!({"type": "search", "interests": interests}));
-        }
-    }
-
-    /// A chat message.
-    fn say(&mut self, text: &str) {
-        self.send(json!({"type": "message", "text": text}));
-    }
-
-    /// The next WebSocket message before `deadline`, skipping pings and pongs; `None` on timeout.
-    /// Always looks at least once (for 1 ms), so a deadline of now checks what has arrived.
-    /// Panics if the connection closes.
-    fn read_until(&mut self, deadline: Instant) -> Option<Message> {
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let left = left.max(Duration::from_millis(1));
-            self.ws.get_ref().set_read_timeout(Some(left)).expect("set read timeout");
-            match self.ws.read() {
-                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
-                Ok(m) => return Some(m),
-                Err(tungstenite::Error::Io(e))
-                    if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
-                {
-                    if Instant::now() >= deadline {
-                        return None;
-                    }
-                }
-                Err(e) => panic!("reading from chatd: {e}"),
-            }
-        }
-    }
-
-    /// The next JSON message before `deadline`, including `online`; `None` on timeout.
-    fn next_json(&mut self, deadline: Instant) -> Option<Value> {
-        match self.read_until(deadline)? {
-            Message::Text(t) => {
-                Some(serde_json::from_str(&t).unwrap_or_else(|e| panic!("not JSON ({e}): {t:?}")))
-            }
-            other => panic!("expected a JSON text message, got {other:?}"),
-        }
-    }
-
-    /// The next JSON message, `online` included. Panics after [`TIMEOUT`].
-    fn recv_any(&mut self) -> Value {
-        self.next_json(Instant::now() + TIMEOUT)
-            .unwrap_or_else(|| panic!("no message within {TIMEOUT:?}"))
-    }
-
-    /// The next JSON message that is not `online`. Panics after [`TIMEOUT`].
-    fn recv(&mut self) -> Value {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let v =
-                self.next_json(deadline).unwrap_or_else(|| panic!("no message within {TIMEOUT:?}"));
-            if v["type"] != "online" {
-                return v;
-            }
-        }
-    }
-
-    /// The next (non-`online`) message equals `expected` exactly.
-    fn expect(&mut self, expected: Value) {
-        let got = self.recv();
-        assert_eq!(got, expected);
-    }
-
-    /// The next (non-`online`) message has type `kind`; returns it.
-    fn expect_type(&mut self, kind: &str) -> Value {
-        let got = self.recv();
-        assert_eq!(got["type"], kind, "expected a {kind:?} message, got {got}");
-        got
-    }
-
-    /// The next message is `{"type":"error","code":code,"message":"..."}` with a non-empty
-    /// human-readable message and no other field.
-    fn expect_error(&mut self, code: &str) {
-        let got = self.recv();
-        assert_eq!(got["type"], "error", "expected error {code:?}, got {got}");
-        assert_eq!(got["code"], code, "{got}");
-        assert!(got["message"].as_str().is_some_and(|m| !m.is_empty()), "{got}");
-        assert_eq!(got.as_object().map(|o| o.len()), Some(3), "exactly type, code, message: {got}");
-    }
-
-    /// Nothing but `online` messages arrives for `ms` milliseconds, and the connection stays open.
-    fn expect_silence(&mut self, ms: u64) {
-        let deadline = Instant::now() + Duration::from_millis(ms);
-        while let Some(v) = self.next_json(deadline) {
-            assert_eq!(v["type"], "online", "expected silence, got {v}");
-        }
-    }
-
-    /// The server closes the WebSocket with `code` (application messages before the close frame
-    /// are skipped and returned).
-    fn expect_close(&mut self, code: u16) -> Vec<Value> {
-        let deadline = Instant::now() + TIMEOUT;
-        let mut before = Vec::new();
-        loop {
-            match self.read_until(deadline) {
-                Some(Message::Text(t)) => before.push(serde_json::from_str(&t).expect("JSON")),
-                Some(Message::Close(frame)) => {
-                    let got = frame.as_ref().map(|f: &CloseFrame<'_>| u16::from(f.code));
-                    assert_eq!(got, Some(code), "close frame {frame:?}");
-                    return before;
-                }
-                Some(other) => panic!("expected close {code}, got {other:?}"),
-                None => panic!("no close frame within {TIMEOUT:?}"),
-            }
-        }
-    }
-}
-
 /// None of `clients` receives anything but `online` for [`SILENCE_MS`] (waited once, in total).
-fn expect_all_silent<'a>(clients: impl IntoIterator<Item = &'a mut Client>) {
+fn expect_all_silent<'a>(clients: impl IntoIterator<Item = &'a mut Chat>) {
     let deadline = Instant::now() + Duration::from_millis(SILENCE_MS);
     for c in clients {
         while let Some(v) = c.next_json(deadline) {
             assert_eq!(v["type"], "online", "expected silence, got {v}");
         }
     }
-}
-
-/// Connects two clients and pairs them (`a` searches first); both have seen `searching` and
-/// `matched` with no common interests.
-fn pair(server: &Server) -> (Client, Client) {
-    let mut a = Client::connect(server);
-    let mut b = Client::connect(server);
-    a.search(&[]);
-    a.expect(json!({"type": "searching"}));
-    b.search(&[]);
-    b.expect(json!({"type": "searching"}));
-    a.expect(json!({"type": "matched", "common_interests": []}));
-    b.expect(json!({"type": "matched", "common_interests": []}));
-    (a, b)
-}
-
-fn message(text: &str) -> Value {
-    json!({"type": "message", "text": text})
 }
 
 fn partner_left(reason: &str) -> Value {
@@ -203,21 +36,21 @@ fn partner_left(reason: &str) -> Value {
 #[test]
 fn welcome_reports_online_and_max_message_chars() {
     let server = Server::start("[chat]\nmax_message_chars = 50\nonline_interval = \"1h\"");
-    let a = Client::connect(&server);
+    let a = Chat::connect(server.addr());
     assert_eq!(a.welcome, json!({"type": "welcome", "online": 1, "max_message_chars": 50}));
-    let b = Client::connect(&server);
+    let b = Chat::connect(server.addr());
     assert_eq!(b.welcome, json!({"type": "welcome", "online": 2, "max_message_chars": 50}));
     drop(b);
 
     let server = Server::start("");
-    let c = Client::connect(&server);
+    let c = Chat::connect(server.addr());
     assert_eq!(c.welcome, json!({"type": "welcome", "online": 1, "max_message_chars": 2000}));
 }
 
 #[test]
 fn two_searchers_are_matched() {
     let server = Server::start("");
-    let (mut a, mut b) = pair(&server);
+    let (mut a, mut b) = pair(server.addr());
     a.expect_silence(SILENCE_MS);
     b.expect_silence(0);
 }
@@ -225,7 +58,7 @@ fn two_searchers_are_matched() {
 #[test]
 fn messages_are_relayed_unchanged_both_ways_without_echo() {
     let server = Server::start("");
-    let (mut a, mut b) = pair(&server);
+    let (mut a, mut b) = pair(server.addr());
     let texts = [
         "hello",
         "héllo wörld ✓ 日本語 😀👩‍👩‍👧",
@@ -258,7 +91,7 @@ fn messages_are_relayed_unchanged_both_ways_without_echo() {
 #[test]
 fn typing_is_relayed() {
     let server = Server::start("");
-    let (mut a, mut b) = pair(&server);
+    let (mut a, mut b) = pair(server.addr());
     a.send(json!({"type": "typing", "active": true}));
     b.expect(json!({"type": "typing", "active": true}));
     a.send(json!({"type": "typing", "active": false}));
@@ -274,7 +107,7 @@ fn typing_is_relayed() {
 #[test]
 fn search_during_a_chat_skips_and_the_cooldown_pairs_someone_else() {
     let server = Server::start("[chat]\nrematch_cooldown = \"10s\"");
-    let (mut a, mut b) = pair(&server);
+    let (mut a, mut b) = pair(server.addr());
     a.search(&[]);
     a.expect(json!({"type": "searching"}));
     b.expect(partner_left("next"));
@@ -284,7 +117,7 @@ fn search_during_a_chat_skips_and_the_cooldown_pairs_someone_else() {
     a.expect_silence(SILENCE_MS);
     b.expect_silence(0);
     // C arrives: A waited longest and may take C.
-    let mut c = Client::connect(&server);
+    let mut c = Chat::connect(server.addr());
     c.search(&[]);
     c.expect(json!({"type": "searching"}));
     c.expect(json!({"type": "matched", "common_interests": []}));
@@ -292,7 +125,7 @@ fn search_during_a_chat_skips_and_the_cooldown_pairs_someone_else() {
     a.say("from a");
     c.expect(message("from a"));
     // D takes B.
-    let mut d = Client::connect(&server);
+    let mut d = Chat::connect(server.addr());
     d.search(&[]);
     d.expect(json!({"type": "searching"}));
     d.expect(json!({"type": "matched", "common_interests": []}));
@@ -305,7 +138,7 @@ fn search_during_a_chat_skips_and_the_cooldown_pairs_someone_else() {
 #[test]
 fn leave_ends_the_chat_for_the_partner() {
     let server = Server::start("");
-    let (mut a, mut b) = pair(&server);
+    let (mut a, mut b) = pair(server.addr());
     a.send(json!({"type": "leave"}));
     b.expect(partner_left("left"));
     a.expect_silence(SILENCE_MS);
@@ -318,17 +151,17 @@ fn leave_ends_the_chat_for_the_partner() {
 #[test]
 fn leave_while_searching_cancels_the_search() {
     let server = Server::start("");
-    let mut c = Client::connect(&server);
+    let mut c = Chat::connect(server.addr());
     c.search(&[]);
     c.expect(json!({"type": "searching"}));
     c.send(json!({"type": "leave"}));
-    let mut d = Client::connect(&server);
+    let mut d = Chat::connect(server.addr());
     d.search(&[]);
     d.expect(json!({"type": "searching"}));
     d.expect_silence(SILENCE_MS);
     c.expect_silence(0);
     // D is still searching and gets the next one.
-    let mut e = Client::connect(&server);
+    let mut e = Chat::connect(server.addr());
     e.search(&[]);
     e.expect(json!({"type": "searching"}));
     e.expect(json!({"type": "matched", "common_interests": []}));
@@ -339,7 +172,7 @@ fn leave_while_searching_cancels_the_search() {
 #[test]
 fn dropped_connection_tells_the_partner_disconnected() {
     let server = Server::start("");
-    let (a, mut b) = pair(&server);
+    let (a, mut b) = pair(server.addr());
     drop(a);
     b.expect(partner_left("disconnected"));
     b.expect_silence(SILENCE_MS);
@@ -348,9 +181,9 @@ fn dropped_connection_tells_the_partner_disconnected() {
 #[test]
 fn shared_interests_are_preferred_and_reported() {
     let server = Server::start("[chat]\ninterest_timeout = \"5s\"");
-    let mut a = Client::connect(&server);
-    let mut b = Client::connect(&server);
-    let mut c = Client::connect(&server);
+    let mut a = Chat::connect(server.addr());
+    let mut b = Chat::connect(server.addr());
+    let mut c = Chat::connect(server.addr());
     a.search(&["music", "Chess "]);
     a.expect(json!({"type": "searching"}));
     // C takes anyone, but A is still waiting for a shared interest.
@@ -370,8 +203,8 @@ fn shared_interests_are_preferred_and_reported() {
 #[test]
 fn interest_timeout_then_anyone() {
     let server = Server::start("[chat]\ninterest_timeout = \"300ms\"");
-    let mut a = Client::connect(&server);
-    let mut b = Client::connect(&server);
+    let mut a = Chat::connect(server.addr());
+    let mut b = Chat::connect(server.addr());
     let start = Instant::now();
     a.search(&["rare"]);
     a.expect(json!({"type": "searching"}));
@@ -388,7 +221,7 @@ fn interest_timeout_then_anyone() {
 #[test]
 fn parted_pair_is_not_rematched_within_the_cooldown() {
     let server = Server::start("[chat]\nrematch_cooldown = \"1s\"");
-    let (mut a, mut b) = pair(&server);
+    let (mut a, mut b) = pair(server.addr());
     let parted = Instant::now();
     a.send(json!({"type": "leave"}));
     b.expect(partner_left("left"));
@@ -410,7 +243,7 @@ fn parted_pair_is_not_rematched_within_the_cooldown() {
 #[test]
 fn invalid_json_and_unknown_type_are_errors_that_keep_the_connection() {
     let server = Server::start("");
-    let (mut a, mut b) = pair(&server);
+    let (mut a, mut b) = pair(server.addr());
     let cases = [
         ("not json", "invalid_json"),
         ("{\"type\":\"message\",\"text\":\"unterminated", "invalid_json"),
@@ -437,7 +270,7 @@ fn invalid_json_and_unknown_type_are_errors_that_keep_the_connection() {
 #[test]
 fn not_in_chat_errors_keep_the_connection() {
     let server = Server::start("");
-    let mut a = Client::connect(&server);
+    let mut a = Chat::connect(server.addr());
     a.say("hello?");
     a.expect_error("not_in_chat");
     a.send(json!({"type": "typing", "active": true}));
@@ -449,7 +282,7 @@ fn not_in_chat_errors_keep_the_connection() {
     a.expect_error("not_in_chat");
     a.send(json!({"type": "typing", "active": false}));
     a.expect_error("not_in_chat");
-    let mut b = Client::connect(&server);
+    let mut b = Chat::connect(server.addr());
     b.search(&[]);
     b.expect(json!({"type": "searching"}));
     b.expect_type("matched");
@@ -461,7 +294,7 @@ fn not_in_chat_errors_keep_the_connection() {
 #[test]
 fn message_too_long_counts_unicode_scalar_values() {
     let server = Server::start("[chat]\nmax_message_chars = 50");
-    let (mut a, mut b) = pair(&server);
+    let (mut a, mut b) = pair(server.addr());
     // 50 characters of 2, 3 and 4 bytes each: at the limit, delivered.
     for c in ["é", "€", "😀"] {
         let at_limit = c.repeat(50);
@@ -485,7 +318,7 @@ fn message_too_long_counts_unicode_scalar_values() {
 #[test]
 fn empty_message_is_refused() {
     let server = Server::start("");
-    let (mut a, mut b) = pair(&server);
+    let (mut a, mut b) = pair(server.addr());
     for empty in ["", "   ", "\n\t \r\n"] {
         a.say(empty);
         a.expect_error("empty_message");
@@ -498,7 +331,7 @@ fn empty_message_is_refused() {
 #[test]
 fn over_the_rate_a_message_is_dropped_with_rate_limited() {
     let server = Server::start("[chat]\nrate_burst = 3\nrate_per_second = 0.5");
-    let (mut a, mut b) = pair(&server);
+    let (mut a, mut b) = pair(server.addr());
     for i in 1..=4 {
         a.say(&format!("m{i}"));
     }
@@ -521,7 +354,7 @@ fn over_the_rate_a_message_is_dropped_with_rate_limited() {
 #[test]
 fn bad_interests_are_refused_and_start_no_search() {
     let server = Server::start("");
-    let mut a = Client::connect(&server);
+    let mut a = Chat::connect(server.addr());
     let too_long = "x".repeat(33);
     let bad = [
         json!({"type": "search", "interests": ["a", "b", "c", "d", "e", "f"]}),
@@ -535,7 +368,7 @@ fn bad_interests_are_refused_and_start_no_search() {
         a.expect_error("bad_interests");
     }
     // None of those started a search: B is not matched with A.
-    let mut b = Client::connect(&server);
+    let mut b = Chat::connect(server.addr());
     b.search(&[]);
     b.expect(json!({"type": "searching"}));
     b.expect_silence(SILENCE_MS);
@@ -554,7 +387,7 @@ fn bad_interests_are_refused_and_start_no_search() {
 #[test]
 fn sustained_abuse_is_closed_with_1008() {
     let server = Server::start("");
-    let (mut a, mut b) = pair(&server);
+    let (mut a, mut b) = pair(server.addr());
     for _ in 0..60 {
         // The server may close the connection before the last ones are written.
         if a.ws.send(Message::Text("garbage".to_owned())).is_err() {
@@ -569,7 +402,7 @@ fn sustained_abuse_is_closed_with_1008() {
     }
     b.expect(partner_left("disconnected"));
     // Others are still served.
-    let mut c = Client::connect(&server);
+    let mut c = Chat::connect(server.addr());
     c.search(&[]);
     c.expect(json!({"type": "searching"}));
 }
@@ -577,7 +410,7 @@ fn sustained_abuse_is_closed_with_1008() {
 #[test]
 fn binary_frame_is_closed_with_1003_and_the_partner_is_told() {
     let server = Server::start("");
-    let (mut a, mut b) = pair(&server);
+    let (mut a, mut b) = pair(server.addr());
     a.ws.send(Message::Binary(b"{\"type\":\"message\",\"text\":\"hi\"}".to_vec())).unwrap();
     let before = a.expect_close(1003);
     assert!(before.is_empty(), "{before:?}");
@@ -588,7 +421,7 @@ fn binary_frame_is_closed_with_1003_and_the_partner_is_told() {
 #[test]
 fn six_clients_make_three_private_pairs() {
     let server = Server::start("");
-    let mut clients: Vec<Client> = (0..6).map(|_| Client::connect(&server)).collect();
+    let mut clients: Vec<Chat> = (0..6).map(|_| Chat::connect(server.addr())).collect();
     for c in &mut clients {
         c.search(&[]);
         c.expect(json!({"type": "searching"}));
@@ -630,12 +463,12 @@ fn six_clients_make_three_private_pairs() {
 #[test]
 fn online_count_is_broadcast_when_it_changes() {
     let server = Server::start("[chat]\nonline_interval = \"100ms\"");
-    let mut a = Client::connect(&server);
-    let mut b = Client::connect(&server);
-    let c = Client::connect(&server);
+    let mut a = Chat::connect(server.addr());
+    let mut b = Chat::connect(server.addr());
+    let c = Chat::connect(server.addr());
     assert_eq!(c.welcome["online"], 3);
     /// Reads `online` messages until one says `n`; others are only allowed in between.
-    fn await_count(x: &mut Client, n: u64) {
+    fn await_count(x: &mut Chat, n: u64) {
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {
             let v = x
@@ -664,7 +497,7 @@ fn slow_reader_is_disconnected_and_the_partner_told() {
     let server = Server::start(
         "max_outbound_bytes = 65536\n[chat]\nrate_per_second = 1000000.0\nrate_burst = 1000000",
     );
-    let (mut a, b) = pair(&server);
+    let (mut a, b) = pair(server.addr());
     // B never reads. A sends 2000-character messages (8 KB each) until the server gives up on B.
     let big = json!({"type": "message", "text": "😀".repeat(2000)}).to_string();
     let start = Instant::now();
@@ -684,7 +517,7 @@ fn slow_reader_is_disconnected_and_the_partner_told() {
     assert_eq!(left, partner_left("disconnected"), "after {sent} messages");
     drop(b);
     // The server is fine.
-    let mut c = Client::connect(&server);
+    let mut c = Chat::connect(server.addr());
     c.search(&[]);
     c.expect(json!({"type": "searching"}));
 }

@@ -18,29 +18,26 @@ mod util;
 use std::{
     collections::HashMap,
     fs,
-    io::{BufReader, ErrorKind, Read, Write},
+    io::{BufReader, Read, Write},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
     os::{
         fd::{FromRawFd, OwnedFd},
         unix::{fs::MetadataExt, fs::PermissionsExt, net::UnixDatagram},
     },
     path::{Path, PathBuf},
-    process::{Child, ChildStdout, Command, ExitStatus, Stdio},
+    process::{ChildStdout, Command, ExitStatus, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use serde_json::{json, Value};
-use tungstenite::{Message, WebSocket};
-use util::{chatd_bin, eventually, Client as RawClient, Response, TempDir, TIMEOUT};
+use util::{
+    chatd_bin, eventually, is_root, message, pair, run_chatd, skip_without_root, user_line, Chat,
+    Client as RawClient, KillOnDrop, Response, TempDir, TIMEOUT,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Accounts, directories, ports, processes
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
 
 /// The uid and gid of `nobody`, from /etc/passwd.
 fn nobody() -> (u32, u32) {
@@ -53,15 +50,6 @@ fn nobody() -> (u32, u32) {
                 .then(|| (f[2].parse().unwrap(), f[3].parse().unwrap()))
         })
         .expect("a `nobody` line in /etc/passwd")
-}
-
-/// `user = "nobody"` when running as root (chatd refuses to keep root), nothing otherwise.
-fn user_line() -> &'static str {
-    if is_root() {
-        "user = \"nobody\"\n"
-    } else {
-        ""
-    }
 }
 
 /// A temp folder owned by the service account, which must be able to create (log rotation) and
@@ -91,43 +79,6 @@ fn free_low_port() -> u16 {
 
 fn path_str(p: &Path) -> &str {
     p.to_str().expect("UTF-8 temp path")
-}
-
-/// How a command that ran to its end ended.
-#[derive(Debug)]
-struct Exit {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `chatd args` to its end (at most [`TIMEOUT`]). Output goes to files, not pipes, so that
-/// a daemon that kept a copy of them cannot make this wait.
-fn run_chatd(args: &[&str]) -> Exit {
-    let out = TempDir::new("run");
-    let stdout = fs::File::create(out.path().join("stdout")).expect("create stdout file");
-    let stderr = fs::File::create(out.path().join("stderr")).expect("create stderr file");
-    let mut child = Command::new(chatd_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .spawn()
-        .expect("spawn chatd");
-    let deadline = Instant::now() + TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for chatd") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("chatd {args:?} did not exit within {TIMEOUT:?}");
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
-    let read = |name| fs::read_to_string(out.path().join(name)).unwrap_or_default();
-    Exit { status, stdout: read("stdout"), stderr: read("stderr") }
 }
 
 /// The fields of /proc/PID/stat after the command name: state, ppid, pgrp, session, tty_nr, ...
@@ -261,10 +212,12 @@ impl Drop for Daemon {
 
 /// chatd in the foreground on `127.0.0.1:0`, stderr (its log) kept in a file. Killed on drop.
 struct Fg {
-    child: Child,
+    /// First, so that it is killed (and its log printed) before its folder is removed.
+    process: KillOnDrop,
     addr: SocketAddr,
-    dir: TempDir,
     config: PathBuf,
+    /// The configuration and the log, owned by the service user.
+    _dir: TempDir,
     /// Kept open so that chatd never writes to a closed pipe.
     _stdout: BufReader<ChildStdout>,
 }
@@ -284,7 +237,8 @@ impl Fg {
     fn start_env(extra: &str, env: &[(&str, &str)]) -> Fg {
         let dir = service_dir("fg");
         let config = dir.write("chatd.toml", &Fg::config_text(extra));
-        let stderr = fs::File::create(dir.path().join("stderr.log")).expect("create stderr log");
+        let log = dir.path().join("stderr.log");
+        let stderr = fs::File::create(&log).expect("create stderr log");
         let mut child = Command::new(chatd_bin())
             .arg("--config")
             .arg(&config)
@@ -295,19 +249,16 @@ impl Fg {
             .spawn()
             .expect("spawn chatd");
         let (addr, reader) = util::await_address(&mut child, &dir);
-        Fg { child, addr, dir, config, _stdout: reader }
-    }
-
-    fn pid(&self) -> i32 {
-        i32::try_from(self.child.id()).expect("pid fits")
+        let process = KillOnDrop::new(child, log, format!("chatd ({addr})"));
+        Fg { process, addr, config, _dir: dir, _stdout: reader }
     }
 
     fn signal(&self, signal: i32) {
-        kill(self.pid(), signal);
+        self.process.signal(signal);
     }
 
     fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+        self.process.log()
     }
 
     /// Rewrites the configuration file with `extra` after the fixed keys.
@@ -324,24 +275,7 @@ impl Fg {
 
     /// Waits up to `limit` for the exit; returns the status and how long it took.
     fn wait_exit(&mut self, limit: Duration) -> (ExitStatus, Duration) {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for chatd") {
-                return (status, start.elapsed());
-            }
-            assert!(start.elapsed() < limit, "chatd did not exit within {limit:?}");
-            thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for Fg {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if thread::panicking() {
-            eprintln!("--- chatd stderr ({}) ---\n{}--- end ---", self.addr, self.log());
-        }
+        self.process.wait_exit(limit)
     }
 }
 
@@ -417,113 +351,6 @@ fn status_from(from: Ipv4Addr, addr: SocketAddr, path: &str) -> u16 {
     line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{line:?}"))
 }
 
-/// A chat client (tungstenite) whose every read has a deadline.
-struct Chat {
-    ws: WebSocket<TcpStream>,
-    welcome: Value,
-}
-
-impl Chat {
-    /// Opens `/ws` and reads the welcome.
-    fn connect(addr: SocketAddr) -> Chat {
-        let stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect");
-        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        stream.set_write_timeout(Some(TIMEOUT)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        let (ws, response) =
-            tungstenite::client(format!("ws://{addr}/ws"), stream).expect("WebSocket handshake");
-        assert_eq!(response.status(), 101);
-        let mut c = Chat { ws, welcome: Value::Null };
-        let welcome = c.next(Instant::now() + TIMEOUT).expect("a welcome");
-        assert_eq!(welcome["type"], "welcome", "{welcome}");
-        c.welcome = welcome;
-        c
-    }
-
-    fn send(&mut self, v: Value) {
-        self.ws.send(Message::Text(v.to_string())).expect("send a text frame");
-    }
-
-    fn say(&mut self, text: &str) {
-        self.send(json!({"type": "message", "text": text}));
-    }
-
-    /// The next message before `deadline` (pings skipped); `None` on timeout. A close frame is
-    /// returned as `{"close": CODE}`.
-    fn next(&mut self, deadline: Instant) -> Option<Value> {
-        loop {
-            let left =
-                deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-            self.ws.get_ref().set_read_timeout(Some(left)).unwrap();
-            match self.ws.read() {
-                Ok(Message::Text(t)) => {
-                    return Some(serde_json::from_str(&t).unwrap_or_else(|e| panic!("{e}: {t:?}")))
-                }
-                Ok(Message::Close(frame)) => {
-                    // Send the close reply now, so that the server need not wait for it.
-                    let _ = self.ws.flush();
-                    return Some(json!({"close": frame.map(|f| u16::from(f.code))}));
-                }
-                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
-                Ok(Message::Binary(b)) => panic!("unexpected binary message {b:?}"),
-                Err(tungstenite::Error::Io(e))
-                    if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
-                {
-                    if Instant::now() >= deadline {
-                        return None;
-                    }
-                }
-                Err(e) => panic!("reading from chatd: {e}"),
-            }
-        }
-    }
-
-    /// The next message that is not an `online` count. Panics after [`TIMEOUT`].
-    fn recv(&mut self) -> Value {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let v = self.next(deadline).unwrap_or_else(|| panic!("no message within {TIMEOUT:?}"));
-            if v["type"] != "online" {
-                return v;
-            }
-        }
-    }
-
-    fn expect(&mut self, expected: Value) {
-        assert_eq!(self.recv(), expected);
-    }
-
-    fn expect_error(&mut self, code: &str) {
-        let got = self.recv();
-        assert_eq!((&got["type"], &got["code"]), (&json!("error"), &json!(code)), "{got}");
-    }
-
-    /// Nothing but `online` counts for `ms` milliseconds, and still open.
-    fn expect_silence(&mut self, ms: u64) {
-        let deadline = Instant::now() + Duration::from_millis(ms);
-        while let Some(v) = self.next(deadline) {
-            assert_eq!(v["type"], "online", "expected silence, got {v}");
-        }
-    }
-}
-
-/// Two clients paired with each other.
-fn pair(addr: SocketAddr) -> (Chat, Chat) {
-    let mut a = Chat::connect(addr);
-    let mut b = Chat::connect(addr);
-    a.send(json!({"type": "search"}));
-    a.expect(json!({"type": "searching"}));
-    b.send(json!({"type": "search"}));
-    b.expect(json!({"type": "searching"}));
-    a.expect(json!({"type": "matched", "common_interests": []}));
-    b.expect(json!({"type": "matched", "common_interests": []}));
-    (a, b)
-}
-
-fn message(text: &str) -> Value {
-    json!({"type": "message", "text": text})
-}
-
 /// `a` and `b` still chat both ways.
 fn assert_chatting(a: &mut Chat, b: &mut Chat, tag: &str) {
     a.say(&format!("a{tag}"));
@@ -537,7 +364,7 @@ fn expect_shutdown_goodbye(a: Chat, b: Chat) {
     for (name, mut c) in [("a", a), ("b", b)] {
         let deadline = Instant::now() + TIMEOUT;
         let mut got = Vec::new();
-        while let Some(v) = c.next(deadline) {
+        while let Some(v) = c.next_json(deadline) {
             if v["type"] == "online" {
                 continue;
             }
@@ -561,10 +388,7 @@ fn expect_shutdown_goodbye(a: Chat, b: Chat) {
 /// Issue 4, test 1: root, daemon mode, `user = "nobody"`, a port below 1024.
 #[test]
 fn root_daemon_on_a_low_port_drops_privileges_detaches_and_serves() {
-    if !is_root() {
-        // CI runs as root, so there the test must run: never pass it by skipping.
-        assert!(std::env::var_os("CI").is_none(), "this test needs root, and CI runs as root");
-        eprintln!("skipped: needs root (CI runs as root)");
+    if skip_without_root() {
         return;
     }
     let port = free_low_port();
@@ -630,10 +454,7 @@ fn root_daemon_on_a_low_port_drops_privileges_detaches_and_serves() {
 /// Issue 4, "Start-up" 4: root with a configuration file but no `user` refuses to start.
 #[test]
 fn root_without_user_refuses_to_start() {
-    if !is_root() {
-        // CI runs as root, so there the test must run: never pass it by skipping.
-        assert!(std::env::var_os("CI").is_none(), "this test needs root, and CI runs as root");
-        eprintln!("skipped: needs root (CI runs as root)");
+    if skip_without_root() {
         return;
     }
     let dir = service_dir("nouser");

@@ -6,14 +6,13 @@ use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
     os::unix::process::CommandExt,
-    process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use util::{chatd_bin, TempDir, TIMEOUT};
+use util::{eventually, Server, TIMEOUT};
 
 /// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
+fn cpu_ticks(pid: i32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
     // Fields after the command name (which is in parentheses and may hold spaces).
     let rest = &stat[stat.rfind(')').expect("comm") + 2..];
@@ -21,8 +20,10 @@ fn cpu_ticks(pid: u32) -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
-fn get_root(addr: SocketAddr) -> Option<String> {
-    let mut s = TcpStream::connect(addr).ok()?;
+/// `GET /healthz` on a new connection, the whole answer; `None` if the connection or the read
+/// fails (each bounded: a connect to a full listen queue could otherwise hang for minutes).
+fn get_healthz(addr: SocketAddr) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(1500)).ok()?;
     s.set_read_timeout(Some(Duration::from_millis(1500))).ok()?;
     s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
     let mut out = String::new();
@@ -32,60 +33,52 @@ fn get_root(addr: SocketAddr) -> Option<String> {
 
 #[test]
 fn out_of_descriptors_pauses_accepting_without_spinning_and_recovers() {
-    let dir = TempDir::new("fds");
-    // SAFETY: geteuid has no preconditions.
-    let user = if unsafe { libc::geteuid() } == 0 { "user = \"nobody\"\n" } else { "" };
-    let config = dir.write("chatd.toml", &format!("listen = \"127.0.0.1:0\"\n{user}"));
-    let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
-    let mut cmd = Command::new(chatd_bin());
-    cmd.arg("--config").arg(&config).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr);
-    // SAFETY: setrlimit is async-signal-safe and only touches the child.
-    unsafe {
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit { rlim_cur: 32, rlim_max: 32 };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().expect("spawn chatd");
-    let (addr, _stdout) = util::await_address(&mut child, &dir);
+    let server = Server::start_with("", |cmd| {
+        // SAFETY: setrlimit is async-signal-safe and only touches the child.
+        unsafe {
+            cmd.pre_exec(|| {
+                let lim = libc::rlimit { rlim_cur: 32, rlim_max: 32 };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    let addr = server.addr();
 
     // Hold connections open until chatd can accept no more: the kernel still completes the
     // handshakes, so the surplus waits in the listen queue.
     let mut held = Vec::new();
     for _ in 0..60 {
-        held.push(TcpStream::connect(addr).expect("connect"));
+        held.push(TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect"));
     }
-    std::thread::sleep(Duration::from_millis(300));
-    let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
-    assert!(log.contains("cannot accept, pausing"), "no EMFILE warning in the log:\n{log}");
+    eventually("the EMFILE warning in the log", || {
+        server.stderr().contains("cannot accept, pausing")
+    });
 
     // While starved, the loop must idle: a spin on the ready listener would burn a whole second.
-    let before = cpu_ticks(child.id());
+    // The second is a measuring window, not a wait for something to happen.
+    let before = cpu_ticks(server.pid());
     std::thread::sleep(Duration::from_secs(1));
-    let spent = cpu_ticks(child.id()) - before;
+    let spent = cpu_ticks(server.pid()) - before;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
     assert!(spent * 4 < hz, "chatd used {spent} ticks of {hz} in one starved second: it spins");
 
     // Descriptors come back: the queued connections and new ones are served.
     held.clear();
-    let deadline = Instant::now() + TIMEOUT;
-    let answer = loop {
-        if let Some(a) = get_root(addr).filter(|a| a.starts_with("HTTP/1.1 200")) {
-            break a;
-        }
-        assert!(Instant::now() < deadline, "chatd did not recover");
-    };
+    let mut answer = None;
+    eventually("chatd to recover and answer /healthz", || {
+        answer = get_healthz(addr).filter(|a| a.starts_with("HTTP/1.1 200"));
+        answer.is_some()
+    });
+    let answer = answer.unwrap();
     assert!(answer.ends_with("ok\n"), "{answer}");
-    let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    let log = server.stderr();
     assert_eq!(
         log.matches("cannot accept, pausing").count(),
         1,
         "the warning is rate-limited:\n{log}"
     );
-    let _ = child.kill();
-    let _ = child.wait();
 }

@@ -581,23 +581,20 @@ fn client_that_never_reads_its_answers_is_disconnected() {
 fn cli_version_and_help() {
     let out = run_chatd(&["--version"]);
     assert!(out.status.success());
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        format!("chatd {}\n", env!("CARGO_PKG_VERSION"))
-    );
+    assert_eq!(out.stdout, format!("chatd {}\n", env!("CARGO_PKG_VERSION")));
     let out = run_chatd(&["-V"]);
     assert!(out.status.success());
     for flag in ["--help", "-h"] {
         let out = run_chatd(&[flag]);
         assert!(out.status.success(), "{flag}");
-        let help = String::from_utf8_lossy(&out.stdout);
+        let help = &out.stdout;
         for word in ["Usage: chatd", "--config", "--check-config", "--version", "--help"] {
             assert!(help.contains(word), "{flag} output lacks {word}: {help}");
         }
     }
     let out = run_chatd(&["--frobnicate"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--frobnicate"));
+    assert!(out.stderr.contains("--frobnicate"));
 }
 
 #[test]
@@ -623,10 +620,9 @@ idle_timeout = \"5s\"\n[chat]\nrate_burst = 3\n",
 fn check_config_fails(tmp: &TempDir, name: &str, text: &str) -> String {
     let path = tmp.write(name, text);
     let out = run_chatd(&["-t", "--config", path.to_str().unwrap()]);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "{name} passed the check: {out:?}");
-    assert!(stderr.contains(name), "the message names the file {name}: {stderr}");
-    stderr
+    assert!(out.stderr.contains(name), "the message names the file {name}: {}", out.stderr);
+    out.stderr
 }
 
 #[test]
@@ -663,5 +659,5 @@ fn cli_check_config_names_a_value_out_of_range_and_a_missing_file() {
     let missing = tmp.path().join("missing.toml");
     let out = run_chatd(&["-t", "--config", missing.to_str().unwrap()]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"), "{out:?}");
+    assert!(out.stderr.contains("missing.toml"), "{out:?}");
 }

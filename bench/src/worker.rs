@@ -19,7 +19,7 @@ use std::{
 use hdrhistogram::Histogram;
 use mio::{net::TcpStream, Events, Interest, Poll, Token};
 
-use crate::ws::{self, MaskGen};
+use crate::ws::{self, MaskGen, OpCode};
 
 /// The phases, in order. Threads only move forward through them.
 pub const CONNECT: u8 = 0;
@@ -496,7 +496,7 @@ impl Worker {
                 ws::TEXT => self.on_text(slot, c, frame.payload)?,
                 ws::PING => {
                     let mask = self.mask.next();
-                    ws::write_frame(&mut c.wbuf, ws::PONG, frame.payload, mask);
+                    ws::encode_masked(&mut c.wbuf, OpCode::Pong, frame.payload, mask);
                 }
                 ws::PONG => {}
                 ws::CLOSE => {
@@ -522,7 +522,7 @@ impl Worker {
             Mode::Chat | Mode::Churn => {
                 c.st = St::AwaitMatch;
                 let mask = self.mask.next();
-                ws::write_frame(&mut c.wbuf, ws::TEXT, br#"{"type":"search"}"#, mask);
+                ws::encode_masked(&mut c.wbuf, OpCode::Text, br#"{"type":"search"}"#, mask);
             }
         }
     }
@@ -605,7 +605,7 @@ impl Worker {
     fn close_cycle(&mut self, c: &mut Conn) {
         c.st = St::Closing;
         let mask = self.mask.next();
-        ws::write_frame(&mut c.wbuf, ws::CLOSE, &1000u16.to_be_bytes(), mask);
+        ws::encode_masked(&mut c.wbuf, OpCode::Close, &1000u16.to_be_bytes(), mask);
     }
 
     fn send_message(&mut self, slot: usize, ts: u64) {
@@ -623,10 +623,10 @@ impl Worker {
         let text = ws::stamp(ts, self.cfg.size, &mut text);
         let mask = self.mask.next();
         match self.cfg.mode {
-            Mode::Echo => ws::write_frame(&mut c.wbuf, ws::TEXT, text, mask),
+            Mode::Echo => ws::encode_masked(&mut c.wbuf, OpCode::Text, text, mask),
             Mode::Chat | Mode::Churn => ws::write_frame_parts(
                 &mut c.wbuf,
-                ws::TEXT,
+                OpCode::Text,
                 &[br#"{"type":"message","text":""#, text, b"\"}"],
                 mask,
             ),

@@ -1,5 +1,5 @@
 //! The client half of RFC 6455, just enough to load a server: the upgrade request and its
-//! answer, masked client frames out, unmasked server frames in. Sans-IO like chatd's own codec:
+//! answer, masked client frames out (chatd's `ws::encode_masked`), unmasked server frames in. Sans-IO like chatd's own codec:
 //! bytes in, `Ok(None)` while incomplete.
 
 /// The key of RFC 6455 §1.3; every connection may use it (the server only hashes it).
@@ -7,7 +7,10 @@ pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 /// `Sec-WebSocket-Accept` for [`KEY`].
 pub const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 
-/// Opcodes this client handles.
+/// Client frames are encoded by chatd's own encoder, the one its tests use.
+pub use chatd::ws::{encode_masked, OpCode};
+
+/// Opcodes this client handles, as parsed.
 pub const TEXT: u8 = 0x1;
 pub const CLOSE: u8 = 0x8;
 pub const PING: u8 = 0x9;
@@ -53,34 +56,20 @@ pub fn parse_upgrade(buf: &[u8]) -> Result<Option<usize>, &'static str> {
     Ok(Some(end + 4))
 }
 
-/// Appends one final, masked client frame.
-pub fn write_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: [u8; 4]) {
-    write_frame_parts(out, opcode, &[payload], mask);
-}
+/// Largest payload [`write_frame_parts`] assembles: a JSON envelope around a 256-byte stamp.
+const MAX_PARTS: usize = 512;
 
-/// Appends one final, masked client frame whose payload is the concatenation of `parts`
-/// (so a JSON envelope and its text need no intermediate buffer).
-pub fn write_frame_parts(out: &mut Vec<u8>, opcode: u8, parts: &[&[u8]], mask: [u8; 4]) {
-    let len: usize = parts.iter().map(|p| p.len()).sum();
-    out.reserve(len + 14);
-    out.push(0x80 | opcode);
-    if len < 126 {
-        out.push(0x80 | len as u8);
-    } else if len <= 0xffff {
-        out.push(0x80 | 126);
-        out.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        out.push(0x80 | 127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-    out.extend_from_slice(&mask);
-    let mut i = 0;
+/// Appends one final, masked client frame whose payload is the concatenation of `parts` (a
+/// JSON envelope and its text), assembled on the stack: no allocation per message. Panics past
+/// [`MAX_PARTS`] bytes.
+pub fn write_frame_parts(out: &mut Vec<u8>, opcode: OpCode, parts: &[&[u8]], mask: [u8; 4]) {
+    let mut payload = [0u8; MAX_PARTS];
+    let mut len = 0;
     for part in parts {
-        for &b in *part {
-            out.push(b ^ mask[i & 3]);
-            i += 1;
-        }
+        payload[len..len + part.len()].copy_from_slice(part);
+        len += part.len();
     }
+    encode_masked(out, opcode, &payload[..len], mask);
 }
 
 /// A frame from the server.
@@ -184,7 +173,7 @@ mod tests {
             let payload = vec![b'a'; len];
             let mut out = Vec::new();
             let mask = [1, 2, 3, 4];
-            write_frame(&mut out, TEXT, &payload, mask);
+            encode_masked(&mut out, OpCode::Text, &payload, mask);
             // Unmask as a server would and parse as a server frame.
             let at = out.len() - len - 4;
             let mut server = vec![out[0], out[1] & 0x7f];
@@ -196,6 +185,16 @@ mod tests {
                 assert_eq!(parse_frame(&server[..i]), Ok(None));
             }
         }
+    }
+
+    #[test]
+    fn parts_make_one_frame() {
+        let mask = [9, 8, 7, 6];
+        let mut parts = Vec::new();
+        write_frame_parts(&mut parts, OpCode::Text, &[b"{\"a\":\"", b"xyz", b"\"}"], mask);
+        let mut whole = Vec::new();
+        encode_masked(&mut whole, OpCode::Text, b"{\"a\":\"xyz\"}", mask);
+        assert_eq!(parts, whole);
     }
 
     #[test]

@@ -115,19 +115,39 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<(FrameHeader, usize)>> {
 
 /// Appends one unmasked, final server frame.
 pub fn encode_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
-    let len = payload.len();
-    out.reserve(len + 10);
+    out.reserve(payload.len() + 10);
+    encode_header(out, opcode, payload.len(), None);
+    out.extend_from_slice(payload);
+}
+
+/// Appends one final client frame, masked with `mask` as RFC 6455 §5.3 requires of every
+/// frame a client sends. The server never sends one: this is for clients (tests, the bench).
+pub fn encode_masked(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8], mask: [u8; 4]) {
+    out.reserve(payload.len() + 14);
+    encode_header(out, opcode, payload.len(), Some(mask));
+    let start = out.len();
+    out.extend_from_slice(payload);
+    super::apply_mask(&mut out[start..], mask);
+}
+
+/// The header of a final frame of `len` payload bytes: the shortest length encoding, then the
+/// masking key if there is one.
+#[inline]
+fn encode_header(out: &mut Vec<u8>, opcode: OpCode, len: usize, mask: Option<[u8; 4]>) {
+    let masked = if mask.is_some() { 0x80 } else { 0 };
     out.push(0x80 | opcode.as_u8());
     if len < 126 {
-        out.push(len as u8);
+        out.push(masked | len as u8);
     } else if len <= usize::from(u16::MAX) {
-        out.push(126);
+        out.push(masked | 126);
         out.extend_from_slice(&(len as u16).to_be_bytes());
     } else {
-        out.push(127);
+        out.push(masked | 127);
         out.extend_from_slice(&(len as u64).to_be_bytes());
     }
-    out.extend_from_slice(payload);
+    if let Some(mask) = mask {
+        out.extend_from_slice(&mask);
+    }
 }
 
 /// Appends a close frame with `code` and a `reason` cut to fit the 125-byte control limit (at
@@ -147,31 +167,11 @@ pub fn encode_close(out: &mut Vec<u8>, code: u16, reason: &str) {
 mod tests {
     use super::*;
 
-    fn masked(b0: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [1, 2, 3, 4];
-        let mut v = vec![b0];
-        match payload.len() {
-            n if n < 126 => v.push(0x80 | n as u8),
-            n if n <= 0xffff => {
-                v.push(0x80 | 126);
-                v.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                v.push(0x80 | 127);
-                v.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        v.extend_from_slice(&mask);
-        let mut p = payload.to_vec();
-        super::super::apply_mask(&mut p, mask);
-        v.extend_from_slice(&p);
-        v
-    }
-
     #[test]
     fn every_prefix_of_a_header_is_incomplete() {
         for len in [0usize, 125, 126, 65535, 65536] {
-            let frame = masked(0x81, &vec![b'a'; len]);
+            let mut frame = Vec::new();
+            encode_masked(&mut frame, OpCode::Text, &vec![b'a'; len], [1, 2, 3, 4]);
             let (h, n) = parse_header(&frame).unwrap().unwrap();
             assert_eq!(h.len, len as u64);
             assert_eq!(h.opcode, OpCode::Text);
@@ -203,6 +203,40 @@ mod tests {
             assert_eq!(out.len(), header + len);
             let (h, n) = parse_header(&out).unwrap().unwrap();
             assert_eq!((h.len, n, h.mask, h.fin), (len as u64, header, None, true));
+        }
+    }
+
+    #[test]
+    fn masked_frames_round_trip_through_the_parser() {
+        use OpCode::*;
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        for opcode in [Continuation, Text, Binary, Close, Ping, Pong] {
+            for (len, header) in
+                [(0usize, 6usize), (1, 6), (125, 6), (126, 8), (65535, 8), (65536, 14)]
+            {
+                if opcode.is_control() && len > 125 {
+                    continue;
+                }
+                let payload: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+                // Appends: what is already in `out` stays.
+                let mut out = vec![0xee];
+                encode_masked(&mut out, opcode, &payload, mask);
+                assert_eq!(out[0], 0xee);
+                let frame = &out[1..];
+                let (h, n) = parse_header(frame).unwrap().unwrap();
+                let got = (h.fin, h.opcode, h.mask, h.len, n);
+                assert_eq!(got, (true, opcode, Some(mask), len as u64, header), "{opcode:?} {len}");
+                assert_eq!(frame.len(), header + len);
+                let mut body = frame[n..].to_vec();
+                if len > 0 {
+                    assert_ne!(body, payload, "{opcode:?} {len}: the payload went out unmasked");
+                }
+                super::super::apply_mask(&mut body, mask);
+                assert_eq!(body, payload, "{opcode:?} {len}");
+                for i in 0..n {
+                    assert_eq!(parse_header(&frame[..i]), Ok(None), "{opcode:?} {len} prefix {i}");
+                }
+            }
         }
     }
 

@@ -5,7 +5,7 @@ mod handshake;
 mod mask;
 mod session;
 
-pub use frame::{encode_close, encode_frame, parse_header, FrameHeader, OpCode};
+pub use frame::{encode_close, encode_frame, encode_masked, parse_header, FrameHeader, OpCode};
 pub use handshake::{accept_key, validate_upgrade, HandshakeError, WS_GUID};
 pub use mask::apply_mask;
 pub use session::{Close, IdleOutcome, Incoming, Session, WsState};

@@ -10,7 +10,7 @@ use std::{
     io::{self, BufRead, BufReader, ErrorKind, Read, Write},
     net::{Shutdown, SocketAddr, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, ChildStdout, Command, Output, Stdio},
+    process::{Child, ChildStdout, Command, ExitStatus, Stdio},
     sync::{
         atomic::{AtomicUsize, Ordering},
         mpsc,
@@ -18,6 +18,10 @@ use std::{
     thread,
     time::{Duration, Instant},
 };
+
+use chatd::ws::{encode_frame, encode_masked, OpCode};
+use serde_json::{json, Value};
+use tungstenite::{protocol::CloseFrame, Message, WebSocket};
 
 /// The longest any single read or write may take. Things that should happen within a configured
 /// timeout of a few hundred milliseconds are waited for this long.
@@ -71,27 +75,121 @@ impl Drop for TempDir {
     }
 }
 
-/// Runs `chatd` with `args` to completion (for the CLI tests) and returns its output.
-pub fn run_chatd(args: &[&str]) -> Output {
-    let mut child = Command::new(chatd_bin())
+/// Whether the tests run as root, as CI does.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `user = "nobody"` when running as root (chatd refuses to keep root: a deployment names the
+/// account it drops to), nothing otherwise.
+pub fn user_line() -> &'static str {
+    if is_root() {
+        "user = \"nobody\"\n"
+    } else {
+        ""
+    }
+}
+
+/// For a test that needs root: says so and returns `true` (skip) when not root. CI runs as
+/// root, so there a missing root fails the test instead: no test passes in CI by skipping.
+pub fn skip_without_root() -> bool {
+    if is_root() {
+        return false;
+    }
+    assert!(std::env::var_os("CI").is_none(), "this test needs root, and CI runs as root");
+    eprintln!("skipped: needs root (CI runs as root)");
+    true
+}
+
+/// A child process, killed and reaped on drop so that a failing test leaves nothing running.
+/// If the test is failing, the log file the process writes is printed first.
+#[derive(Debug)]
+pub struct KillOnDrop {
+    child: Child,
+    log: PathBuf,
+    /// Names the process in messages: `chatd (ADDR)`.
+    name: String,
+}
+
+impl KillOnDrop {
+    /// Takes charge of `child`, whose log (stderr) goes to the file `log`.
+    pub fn new(child: Child, log: PathBuf, name: String) -> KillOnDrop {
+        KillOnDrop { child, log, name }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("pid fits")
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGTERM`) to the process.
+    pub fn signal(&self, signal: i32) {
+        let pid = self.pid();
+        // SAFETY: kill(2) with the pid of our own child process has no memory effects.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill({pid}, {signal})");
+    }
+
+    /// Waits up to `limit` for the process to exit; returns its status and how long that took.
+    pub fn wait_exit(&mut self, limit: Duration) -> (ExitStatus, Duration) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for chatd") {
+                return (status, start.elapsed());
+            }
+            assert!(start.elapsed() < limit, "{} did not exit within {limit:?}", self.name);
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// What the process has logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            eprintln!("--- {} stderr ---\n{}--- end ---", self.name, self.log());
+        }
+    }
+}
+
+/// How a command that ran to its end ended, its output read as text.
+#[derive(Debug)]
+pub struct Exit {
+    /// The exit status.
+    pub status: ExitStatus,
+    /// Everything written to stdout (invalid UTF-8 replaced).
+    pub stdout: String,
+    /// Everything written to stderr (invalid UTF-8 replaced).
+    pub stderr: String,
+}
+
+/// Runs `chatd args` to its end (at most [`TIMEOUT`]): the CLI, or a start in daemon mode whose
+/// starting command exits. Output goes to files, not pipes, so that a daemon that kept a copy
+/// of them cannot make this wait.
+pub fn run_chatd(args: &[&str]) -> Exit {
+    let out = TempDir::new("run");
+    let stdout = fs::File::create(out.path().join("stdout")).expect("create stdout file");
+    let stderr = fs::File::create(out.path().join("stderr")).expect("create stderr file");
+    let child = Command::new(chatd_bin())
         .args(args)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(stdout)
+        .stderr(stderr)
         .spawn()
         .expect("spawn chatd");
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        if child.try_wait().expect("wait for chatd").is_some() {
-            return child.wait_with_output().expect("collect chatd output");
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("collect chatd output");
-            panic!("chatd {args:?} did not exit within {TIMEOUT:?}: {out:?}");
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
+    // Dropped (killed, its stderr shown if this panics) before `out` is removed.
+    let mut process = KillOnDrop::new(child, out.path().join("stderr"), format!("chatd {args:?}"));
+    let (status, _) = process.wait_exit(TIMEOUT);
+    let read = |name| {
+        String::from_utf8_lossy(&fs::read(out.path().join(name)).unwrap_or_default()).into_owned()
+    };
+    Exit { status, stdout: read("stdout"), stderr: read("stderr") }
 }
 
 /// Waits for a just-spawned chatd's first stdout line, `chatd listening on http://ADDR/`, and
@@ -132,9 +230,11 @@ pub fn await_address(child: &mut Child, dir: &TempDir) -> (SocketAddr, BufReader
 /// the test fails.
 #[derive(Debug)]
 pub struct Server {
-    child: Child,
+    /// First, so that it is killed (and its log printed) before its folder is removed.
+    process: KillOnDrop,
     addr: SocketAddr,
-    dir: TempDir,
+    /// The configuration and the log, removed once the process is gone.
+    _dir: TempDir,
     /// Kept open so that the server never writes to a closed pipe.
     _stdout: BufReader<ChildStdout>,
 }
@@ -143,25 +243,31 @@ impl Server {
     /// Starts `chatd` with a config of `listen = "127.0.0.1:0"` followed by `extra_toml`, waits
     /// for its `chatd listening on http://ADDR/` line and returns it running.
     pub fn start(extra_toml: &str) -> Server {
+        Server::start_with(extra_toml, |_| {})
+    }
+
+    /// Like [`Server::start`], with `configure` applied to the command before it is spawned
+    /// (limits, environment).
+    pub fn start_with(extra_toml: &str, configure: impl FnOnce(&mut Command)) -> Server {
         let dir = TempDir::new("server");
         // chatd refuses to keep root (CI runs as root): run as `nobody`, as a deployment would.
-        // SAFETY: geteuid has no preconditions.
-        let as_root = unsafe { libc::geteuid() } == 0;
-        let user =
-            if as_root && !extra_toml.contains("user =") { "user = \"nobody\"\n" } else { "" };
+        let user = if extra_toml.contains("user =") { "" } else { user_line() };
         let config =
             dir.write("chatd.toml", &format!("listen = \"127.0.0.1:0\"\n{user}{extra_toml}\n"));
-        let stderr = fs::File::create(dir.path().join("stderr.log")).expect("create stderr log");
-        let mut child = Command::new(chatd_bin())
+        let log = dir.path().join("stderr.log");
+        let stderr = fs::File::create(&log).expect("create stderr log");
+        let mut command = Command::new(chatd_bin());
+        command
             .arg("--config")
             .arg(&config)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr))
-            .spawn()
-            .expect("spawn chatd");
+            .stderr(Stdio::from(stderr));
+        configure(&mut command);
+        let mut child = command.spawn().expect("spawn chatd");
         let (addr, stdout) = await_address(&mut child, &dir);
-        Server { child, addr, dir, _stdout: stdout }
+        let process = KillOnDrop::new(child, log, format!("chatd ({addr})"));
+        Server { process, addr, _dir: dir, _stdout: stdout }
     }
 
     /// The address the server listens on.
@@ -174,28 +280,24 @@ impl Server {
         self.addr.to_string()
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> i32 {
+        self.process.pid()
+    }
+
     /// Sends `signal` (e.g. `libc::SIGTERM`) to the server process.
     pub fn signal(&self, signal: i32) {
-        let pid = i32::try_from(self.child.id()).expect("pid fits");
-        // SAFETY: kill(2) with the pid of our own child process has no memory effects.
-        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill({pid}, {signal})");
+        self.process.signal(signal);
     }
 
     /// Waits up to [`TIMEOUT`] for the process to exit and returns its status.
-    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for chatd") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "chatd did not exit within {TIMEOUT:?}");
-            thread::sleep(Duration::from_millis(10));
-        }
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        self.process.wait_exit(TIMEOUT).0
     }
 
     /// What the server has logged so far.
     pub fn stderr(&self) -> String {
-        fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+        self.process.log()
     }
 
     /// A new raw connection.
@@ -235,16 +337,6 @@ impl Server {
         ws.send(&frame(0x88, &close_payload(1000, "")));
         let f = ws.read_frame_skipping_text();
         assert_eq!(f.close_code(), Some(1000));
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if thread::panicking() {
-            eprintln!("--- chatd stderr ({}) ---\n{}--- end ---", self.addr, self.stderr());
-        }
     }
 }
 
@@ -325,40 +417,36 @@ impl Frame {
     }
 }
 
-/// The masking key used by [`frame`].
+/// The masking key used by [`frame`] and [`header`].
 pub const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
-/// A masked client frame: `b0` is the first byte as sent (FIN, RSV, opcode).
+/// A masked client frame as `chatd::ws::encode_masked` writes it, except for the first byte,
+/// `b0` (FIN, RSV, opcode), which is sent as given: tests break rules no encoder would.
 pub fn frame(b0: u8, payload: &[u8]) -> Vec<u8> {
-    let mut v = header(b0, payload.len() as u64, Some(MASK));
-    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+    let mut v = Vec::new();
+    encode_masked(&mut v, OpCode::Binary, payload, MASK);
+    v[0] = b0;
     v
 }
 
-/// An unmasked client frame (a protocol violation).
+/// An unmasked client frame (a protocol violation), first byte `b0`.
 pub fn unmasked_frame(b0: u8, payload: &[u8]) -> Vec<u8> {
-    let mut v = header(b0, payload.len() as u64, None);
-    v.extend_from_slice(payload);
+    let mut v = Vec::new();
+    encode_frame(&mut v, OpCode::Binary, payload);
+    v[0] = b0;
     v
 }
 
-/// A frame header declaring `len` payload bytes, in the shortest length encoding.
-pub fn header(b0: u8, len: u64, mask: Option<[u8; 4]>) -> Vec<u8> {
-    let m = if mask.is_some() { 0x80 } else { 0 };
-    let mut v = vec![b0];
-    match len {
-        0..=125 => v.push(m | len as u8),
-        126..=0xffff => {
-            v.push(m | 126);
-            v.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        _ => {
-            v.push(m | 127);
-            v.extend_from_slice(&len.to_be_bytes());
-        }
-    }
-    if let Some(mask) = mask {
-        v.extend_from_slice(&mask);
+/// The header of a masked frame, first byte `b0`, that declares `len` payload bytes and sends
+/// none: a frame cut short, or a length beyond any buffer.
+pub fn header(b0: u8, len: u64) -> Vec<u8> {
+    // A payload of up to 64 KiB picks the length encoding; a longer declared length then goes
+    // into the 64-bit field (bytes 2..10, RFC 6455 §5.2), which no real payload could fill.
+    let backed = len.min(1 << 16) as usize;
+    let mut v = frame(b0, &vec![0; backed]);
+    v.truncate(v.len() - backed);
+    if len > backed as u64 {
+        v[2..10].copy_from_slice(&len.to_be_bytes());
     }
     v
 }
@@ -664,11 +752,185 @@ pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 
 /// A WebSocket client library (tungstenite) over a blocking `TcpStream` with timeouts.
 pub fn tungstenite_connect(
-    server: &Server,
+    addr: SocketAddr,
 ) -> (tungstenite::WebSocket<TcpStream>, tungstenite::handshake::client::Response) {
-    let stream = TcpStream::connect_timeout(&server.addr(), TIMEOUT).expect("connect");
+    let stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect");
     stream.set_read_timeout(Some(TIMEOUT)).unwrap();
     stream.set_write_timeout(Some(TIMEOUT)).unwrap();
-    tungstenite::client(format!("ws://{}/ws", server.addr()), stream)
-        .expect("tungstenite handshake")
+    tungstenite::client(format!("ws://{addr}/ws"), stream).expect("tungstenite handshake")
+}
+
+/// A chat client (the roulette's JSON over tungstenite). Every read has a deadline, so nothing
+/// hangs.
+#[derive(Debug)]
+pub struct Chat {
+    /// The WebSocket, for tests that send what the methods do not (binary, raw frames).
+    pub ws: WebSocket<TcpStream>,
+    /// The `welcome` message the server sent on connect.
+    pub welcome: Value,
+}
+
+impl Chat {
+    /// Opens a WebSocket on `/ws` and reads the welcome.
+    pub fn connect(addr: SocketAddr) -> Chat {
+        let (ws, response) = tungstenite_connect(addr);
+        assert_eq!(response.status(), 101);
+        // Small frames go out at once (no Nagle delay waiting for a delayed ACK).
+        ws.get_ref().set_nodelay(true).expect("set TCP_NODELAY");
+        let mut c = Chat { ws, welcome: Value::Null };
+        let welcome = c.recv_any();
+        assert_eq!(welcome["type"], "welcome", "the first message is the welcome: {welcome}");
+        c.welcome = welcome;
+        c
+    }
+
+    /// Sends `v` as a text frame.
+    pub fn send(&mut self, v: Value) {
+        self.send_text(&v.to_string());
+    }
+
+    /// Sends raw text (for invalid JSON).
+    pub fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::Text(text.to_owned())).expect("send a text frame");
+    }
+
+    /// `{"type":"search"}` with these interests (none when empty).
+    pub fn search(&mut self, interests: &[&str]) {
+        if interests.is_empty() {
+            self.send(json!({"type": "search"}));
+        } else {
+            self.send(json!({"type": "search", "interests": interests}));
+        }
+    }
+
+    /// A chat message.
+    pub fn say(&mut self, text: &str) {
+        self.send(message(text));
+    }
+
+    /// The next WebSocket message before `deadline`, skipping pings and pongs; `None` on timeout.
+    /// Always looks at least once (for 1 ms), so a deadline of now checks what has arrived.
+    /// Panics if the connection fails.
+    pub fn read_until(&mut self, deadline: Instant) -> Option<Message> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let left = left.max(Duration::from_millis(1));
+            self.ws.get_ref().set_read_timeout(Some(left)).expect("set read timeout");
+            match self.ws.read() {
+                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
+                Ok(m) => return Some(m),
+                Err(tungstenite::Error::Io(e))
+                    if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+                {
+                    if Instant::now() >= deadline {
+                        return None;
+                    }
+                }
+                Err(e) => panic!("reading from chatd: {e}"),
+            }
+        }
+    }
+
+    /// The next JSON message before `deadline`, `online` included; `None` on timeout. A close
+    /// frame is returned as `{"close": CODE}` (and answered at once, so that the server need
+    /// not wait for the answer).
+    pub fn next_json(&mut self, deadline: Instant) -> Option<Value> {
+        match self.read_until(deadline)? {
+            Message::Text(t) => {
+                Some(serde_json::from_str(&t).unwrap_or_else(|e| panic!("not JSON ({e}): {t:?}")))
+            }
+            Message::Close(frame) => {
+                let _ = self.ws.flush();
+                Some(json!({"close": frame.map(|f| u16::from(f.code))}))
+            }
+            other => panic!("expected a JSON text message, got {other:?}"),
+        }
+    }
+
+    /// The next JSON message, `online` included. Panics after [`TIMEOUT`].
+    pub fn recv_any(&mut self) -> Value {
+        self.next_json(Instant::now() + TIMEOUT)
+            .unwrap_or_else(|| panic!("no message within {TIMEOUT:?}"))
+    }
+
+    /// The next JSON message that is not `online`. Panics after [`TIMEOUT`].
+    pub fn recv(&mut self) -> Value {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let v =
+                self.next_json(deadline).unwrap_or_else(|| panic!("no message within {TIMEOUT:?}"));
+            if v["type"] != "online" {
+                return v;
+            }
+        }
+    }
+
+    /// The next (non-`online`) message equals `expected` exactly.
+    pub fn expect(&mut self, expected: Value) {
+        let got = self.recv();
+        assert_eq!(got, expected);
+    }
+
+    /// The next (non-`online`) message has type `kind`; returns it.
+    pub fn expect_type(&mut self, kind: &str) -> Value {
+        let got = self.recv();
+        assert_eq!(got["type"], kind, "expected a {kind:?} message, got {got}");
+        got
+    }
+
+    /// The next message is `{"type":"error","code":code,"message":"..."}` with a non-empty
+    /// human-readable message and no other field.
+    pub fn expect_error(&mut self, code: &str) {
+        let got = self.recv();
+        assert_eq!(got["type"], "error", "expected error {code:?}, got {got}");
+        assert_eq!(got["code"], code, "{got}");
+        assert!(got["message"].as_str().is_some_and(|m| !m.is_empty()), "{got}");
+        assert_eq!(got.as_object().map(|o| o.len()), Some(3), "exactly type, code, message: {got}");
+    }
+
+    /// Nothing but `online` messages arrives for `ms` milliseconds, and the connection stays open.
+    pub fn expect_silence(&mut self, ms: u64) {
+        let deadline = Instant::now() + Duration::from_millis(ms);
+        while let Some(v) = self.next_json(deadline) {
+            assert_eq!(v["type"], "online", "expected silence, got {v}");
+        }
+    }
+
+    /// The server closes the WebSocket with `code` (application messages before the close frame
+    /// are skipped and returned).
+    pub fn expect_close(&mut self, code: u16) -> Vec<Value> {
+        let deadline = Instant::now() + TIMEOUT;
+        let mut before = Vec::new();
+        loop {
+            match self.read_until(deadline) {
+                Some(Message::Text(t)) => before.push(serde_json::from_str(&t).expect("JSON")),
+                Some(Message::Close(frame)) => {
+                    let got = frame.as_ref().map(|f: &CloseFrame<'_>| u16::from(f.code));
+                    assert_eq!(got, Some(code), "close frame {frame:?}");
+                    return before;
+                }
+                Some(other) => panic!("expected close {code}, got {other:?}"),
+                None => panic!("no close frame within {TIMEOUT:?}"),
+            }
+        }
+    }
+}
+
+/// Connects two chat clients and pairs them (`a` searches first); both have seen `searching`
+/// and `matched` with no common interests.
+pub fn pair(addr: SocketAddr) -> (Chat, Chat) {
+    let mut a = Chat::connect(addr);
+    let mut b = Chat::connect(addr);
+    a.search(&[]);
+    a.expect(json!({"type": "searching"}));
+    b.search(&[]);
+    b.expect(json!({"type": "searching"}));
+    a.expect(json!({"type": "matched", "common_interests": []}));
+    b.expect(json!({"type": "matched", "common_interests": []}));
+    (a, b)
+}
+
+/// The chat message carrying `text`, as sent and as relayed.
+pub fn message(text: &str) -> Value {
+    json!({"type": "message", "text": text})
 }
