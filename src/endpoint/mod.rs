@@ -163,6 +163,8 @@ enum Effect {
     Send(PeerId, Message),
     Broadcast(String),
     Close(PeerId, Close),
+    /// The peer's FIN, for the connection in (slot, generation).
+    Eof(usize, u32),
 }
 
 impl From<Action> for Effect {
@@ -367,10 +369,20 @@ impl<A: App, S: Transport> Endpoint<A, S> {
         self.after_output(now, slot);
     }
 
-    /// The peer closed its side (a read returned 0).
-    pub fn handle_eof(&mut self, now: Instant, slot: usize) {
+    /// The peer closed its side (a read returned 0). Handled at the apply point, after what
+    /// its last bytes asked for: a peer that sent a close frame or a message and then shut its
+    /// write side (`shutdown(SHUT_WR)`) still reads, and gets the answers.
+    pub fn handle_eof(&mut self, _now: Instant, slot: usize) {
+        let Some(conn) = self.conns.get(slot) else { return };
+        self.effects.push_back(Effect::Eof(slot, conn.generation));
+    }
+
+    /// The end of the peer's stream, in its turn among the effects.
+    fn on_eof(&mut self, now: Instant, slot: usize, generation: u32) {
         let linger = self.deadline(now, CLOSE_LINGER);
-        let Some(conn) = self.conns.get_mut(slot) else { return };
+        let Some(conn) = self.conns.get_mut(slot).filter(|c| c.generation == generation) else {
+            return;
+        };
         if conn.pending_output() == 0 {
             let reason = match conn.state {
                 ConnState::Closing { .. } => DropReason::Closed,
@@ -460,6 +472,7 @@ impl<A: App, S: Transport> Endpoint<A, S> {
                         self.broadcasts.push_back((frame, 0));
                     }
                     Effect::Close(peer, close) => self.close_websocket(now, peer, close),
+                    Effect::Eof(slot, generation) => self.on_eof(now, slot, generation),
                 }
             }
             if !self.advance_broadcasts(now) {

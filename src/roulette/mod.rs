@@ -27,9 +27,7 @@
 //!   [`ERROR_PER_SECOND`]; when none is left the connection is closed with 1008. A person who
 //!   trips over an error now and then never gets near it; a script that floods invalid or
 //!   over-the-rate messages is cut off after about [`ERROR_BURST`] of them.
-use std::{
-    time::Instant,
-};
+use std::time::Instant;
 
 use self::{
     matchmaker::{Match, Matchmaker},
@@ -434,7 +432,8 @@ impl Roulette {
         if p.typing == active {
             return Ok(());
         }
-        if active && !p.messages.try_take(now_ms, self.config.rate_per_second, self.config.rate_burst)
+        if active
+            && !p.messages.try_take(now_ms, self.config.rate_per_second, self.config.rate_burst)
         {
             return Err(RequestError::RateLimited);
         }
@@ -834,12 +833,15 @@ mod tests {
         fn check(&self) {
             let app = &self.app;
             let mut chatting = 0;
-            for (&me, p) in &app.peers {
+            for (&me, p) in app.peers.iter() {
                 match p.state {
                     ChatState::Chatting(other) => {
                         chatting += 1;
                         assert_ne!(me, other);
-                        assert_eq!(app.peers[&other].state, ChatState::Chatting(me));
+                        assert_eq!(
+                            app.peers.get(&other).expect("partner is a peer").state,
+                            ChatState::Chatting(me)
+                        );
                         assert!(!app.matchmaker.is_waiting(me));
                     }
                     ChatState::Searching => {
