@@ -9,6 +9,7 @@ use std::{
 
 use serde::{de, Deserialize, Deserializer};
 
+use crate::cluster::RedisTarget;
 pub use crate::roulette::ChatConfig;
 
 /// Everything that can go wrong while loading a configuration.
@@ -136,6 +137,42 @@ pub struct FileConfig {
     pub log_format: Option<LogFormat>,
     /// The `[chat]` table.
     pub chat: Option<FileChatConfig>,
+    /// `workers`: a number or `"auto"`.
+    pub workers: Option<FileWorkers>,
+    /// The `[cluster]` table.
+    pub cluster: Option<FileClusterConfig>,
+}
+
+/// `workers = N` or `workers = "auto"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum FileWorkers {
+    /// A count.
+    Count(u32),
+    /// `"auto"`: one per core.
+    Named(WorkersAuto),
+}
+
+/// The word `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkersAuto {
+    /// One worker per core.
+    Auto,
+}
+
+/// The `[cluster]` table as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileClusterConfig {
+    /// `cluster.redis`
+    pub redis: Option<String>,
+    /// `cluster.node`
+    pub node: Option<String>,
+    /// `cluster.prefix`
+    pub prefix: Option<String>,
+    /// `cluster.password_file`
+    pub password_file: Option<PathBuf>,
 }
 
 /// The `[chat]` table as written.
@@ -240,6 +277,26 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The `[chat]` table.
     pub chat: ChatConfig,
+    /// Worker processes on this host, all on `listen` (SO_REUSEPORT). Default 1.
+    pub workers: usize,
+    /// The shared crowd (`[cluster]`); none: one process, matching in memory.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// Most worker processes (a `PeerId` keeps 8 bits for the worker).
+pub const MAX_WORKERS: usize = 64;
+
+/// The `[cluster]` table, checked; the password is read from `password_file` when given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Where Redis is (the password, from the URL or the file, is never logged).
+    pub redis: RedisTarget,
+    /// This host's name in the cluster: unique per host. Default: the host name.
+    pub node: String,
+    /// Key and channel prefix, so that two deployments can share a Redis. Default `chatd`.
+    pub prefix: String,
+    /// The file the password was read from.
+    pub password_file: Option<PathBuf>,
 }
 
 /// A part of the configuration that a component takes as its own settings (the application's
@@ -285,6 +342,8 @@ impl Default for Config {
             log_file: None,
             log_format: LogFormat::Text,
             chat: ChatConfig::default(),
+            workers: 1,
+            cluster: None,
         }
     }
 }
@@ -354,7 +413,30 @@ impl Config {
                 rematch_cooldown: chat.rematch_cooldown.map_or(dc.rematch_cooldown, |d| d.0),
                 online_interval: chat.online_interval.map_or(dc.online_interval, |d| d.0),
             },
+            workers: match f.workers {
+                None => d.workers,
+                Some(FileWorkers::Count(n)) => n as usize,
+                Some(FileWorkers::Named(WorkersAuto::Auto)) => {
+                    std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_WORKERS)
+                }
+            },
+            cluster: match f.cluster {
+                None => None,
+                Some(c) => Some(cluster_config(c).map_err(|(key, message)| invalid(key, message))?),
+            },
         };
+        if cfg.workers == 0 || cfg.workers > MAX_WORKERS {
+            return Err(invalid(
+                "workers",
+                format!("must be between 1 and {MAX_WORKERS}, or \"auto\""),
+            ));
+        }
+        if cfg.workers > 1 && cfg.cluster.is_none() {
+            return Err(invalid(
+                "workers",
+                "more than one worker needs a [cluster] table (the workers share their crowd through Redis)".into(),
+            ));
+        }
         if cfg.max_connections == 0 || cfg.max_connections > 1_000_000 {
             return Err(invalid("max_connections", "must be between 1 and 1000000".into()));
         }
@@ -445,7 +527,7 @@ impl Config {
                 }
             )*};
         }
-        keep!(listen, daemon, pid_file, user, group, log_file, log_format);
+        keep!(listen, daemon, pid_file, user, group, log_file, log_format, workers, cluster);
         changed
     }
 
@@ -472,9 +554,64 @@ impl Config {
             chat.interest_timeout => "chat.interest_timeout",
             chat.rematch_cooldown => "chat.rematch_cooldown",
             chat.online_interval => "chat.online_interval",
+            workers => "workers", cluster => "cluster",
         );
         changed
     }
+}
+
+/// Checks the `[cluster]` table; an error names its key.
+fn cluster_config(c: FileClusterConfig) -> Result<ClusterConfig, (&'static str, String)> {
+    let url = c.redis.ok_or(("cluster.redis", "is required in a [cluster] table".to_owned()))?;
+    let mut redis = RedisTarget::parse(&url).map_err(|e| ("cluster.redis", e.to_string()))?;
+    let node = match c.node {
+        Some(n) => n,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_default(),
+    };
+    let name_ok = |s: &str, extra: &[u8]| {
+        !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b) || extra.contains(&b))
+    };
+    if !name_ok(&node, b"") {
+        return Err((
+            "cluster.node",
+            format!("`{node}` is not a node name (1-64 of A-Z a-z 0-9 _ - .)"),
+        ));
+    }
+    let prefix = c.prefix.unwrap_or_else(|| "chatd".to_owned());
+    if !name_ok(&prefix, b":") {
+        return Err((
+            "cluster.prefix",
+            format!("`{prefix}` is not a prefix (1-64 of A-Z a-z 0-9 _ - . :)"),
+        ));
+    }
+    let password_file = c.password_file.map(|p| absolute(&p));
+    if let Some(file) = &password_file {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(file)
+            .map_err(|e| ("cluster.password_file", format!("{}: {e}", file.display())))?;
+        if meta.mode() & 0o077 != 0 {
+            return Err((
+                "cluster.password_file",
+                format!("{} must be readable only by its owner (chmod 600)", file.display()),
+            ));
+        }
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| ("cluster.password_file", format!("{}: {e}", file.display())))?;
+        let password = text.trim_end_matches(['\n', '\r']).to_owned();
+        if password.is_empty() || password.len() > 512 {
+            return Err((
+                "cluster.password_file",
+                format!("{}: empty or longer than 512 bytes", file.display()),
+            ));
+        }
+        redis.password = Some(password);
+    }
+    Ok(ClusterConfig { redis, node, prefix, password_file })
 }
 
 /// `p` made absolute against the current directory, so that it still names the same file after

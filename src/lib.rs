@@ -8,6 +8,7 @@
 #![warn(unreachable_pub)]
 
 pub mod app;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod endpoint;

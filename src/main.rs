@@ -207,7 +207,7 @@ fn serve(
     let defaulted_user = config.user.is_none() && account.is_some();
     let app = Roulette::new(config.chat.clone());
     let mut server =
-        Server::new(listener, config, site, app, log.clone()).map_err(|e| e.to_string())?;
+        Server::new(listener, config, site, app, 0, log.clone()).map_err(|e| e.to_string())?;
     let addr = server.local_addr();
     let user = daemon::current_user();
     info!(log, "chatd started"; "version" => env!("CARGO_PKG_VERSION"), "listen" => %addr,

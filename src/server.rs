@@ -84,15 +84,17 @@ where
     /// Binds `config.listen` and sets up the loop. Nothing runs until [`Server::run`].
     pub fn bind(config: Config, site: Site, app: A, log: Logger) -> io::Result<Server<A>> {
         let listener = std::net::TcpListener::bind(config.listen)?;
-        Server::new(listener, config, site, app, log)
+        Server::new(listener, config, site, app, 0, log)
     }
 
     /// Sets up the loop on a listener bound earlier (before detaching and dropping privileges).
+    /// `worker` is this process's index among the host's workers (0 for a single process).
     pub fn new(
         listener: std::net::TcpListener,
         config: Config,
         site: Site,
         app: A,
+        worker: u8,
         log: Logger,
     ) -> io::Result<Server<A>> {
         let poll = Poll::new()?;
@@ -109,7 +111,7 @@ where
         let local_addr = listener.local_addr()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let settings = Settings::from_config(&config);
-        let mut endpoint = Endpoint::new(settings, site, app, 0, log.clone(), Instant::now());
+        let mut endpoint = Endpoint::new(settings, site, app, worker, log.clone(), Instant::now());
         endpoint.handle_time(unix_secs());
         Ok(Server {
             poll,
