@@ -120,6 +120,9 @@ pub(super) struct Connection<S> {
     pub(super) deadline: u64,
     /// The deadline of this connection's live timer entry, or `NEVER`.
     pub(super) armed: u64,
+    /// A later entry that an earlier deadline superseded and that is still in the heap, or
+    /// `NEVER`: re-arming to exactly that instant reuses it instead of pushing a twin.
+    pub(super) superseded: u64,
     pub(super) state: ConnState,
     /// Null while nothing is buffered; see [`output`] to borrow it beside `state`.
     pub(super) bufs: Option<Box<Buffers>>,
@@ -136,6 +139,7 @@ impl<S> Connection<S> {
             transport,
             deadline,
             armed: NEVER,
+            superseded: NEVER,
             state: ConnState::Http,
             bufs: None,
             generation,
@@ -245,7 +249,7 @@ mod tests {
     fn idle_websocket_is_small() {
         // The transport of the real loop is a socket and a readiness flag: 8 bytes.
         let size = std::mem::size_of::<Connection<(i32, bool)>>();
-        assert!(size <= 80, "Connection is {size} bytes");
+        assert!(size <= 88, "Connection is {size} bytes");
         assert_eq!(std::mem::size_of::<Session>(), 16);
     }
 

@@ -203,6 +203,10 @@ pub struct Endpoint<A: App, S> {
     worker: u8,
     /// When a graceful stop must end, once one began.
     shutdown: Option<Instant>,
+    /// Why this node should not get new people now (`/healthz` says 503), if it should not.
+    unavailable: Option<&'static str>,
+    /// Families the loop adds to `/metrics` (the cluster link's).
+    extra_metrics: String,
 }
 
 impl<A: App, S> std::fmt::Debug for Endpoint<A, S> {
@@ -243,7 +247,31 @@ impl<A: App, S: Transport> Endpoint<A, S> {
             next_generation: 0,
             worker,
             shutdown: None,
+            unavailable: None,
+            extra_metrics: String::new(),
         }
+    }
+
+    /// The application, for calls that produce no actions.
+    pub fn app_mut(&mut self) -> &mut A {
+        &mut self.app
+    }
+
+    /// Calls the application from outside the connections (the cluster's events); its actions
+    /// join the effects.
+    pub fn with_app(&mut self, f: impl FnOnce(&mut A, &mut Vec<Action>)) {
+        f(&mut self.app, &mut self.actions);
+        self.effects.extend(self.actions.drain(..).map(Effect::from));
+    }
+
+    /// Marks this node unavailable (`/healthz` answers 503 with `why`) or available again.
+    pub fn set_unavailable(&mut self, why: Option<&'static str>) {
+        self.unavailable = why;
+    }
+
+    /// Families the loop adds to `/metrics`, already in the text format.
+    pub fn set_extra_metrics(&mut self, text: String) {
+        self.extra_metrics = text;
     }
 
     /// The application.
@@ -353,6 +381,8 @@ impl<A: App, S: Transport> Endpoint<A, S> {
             now,
             open: self.conns.len(),
             stopping: self.shutdown.is_some(),
+            unavailable: self.unavailable,
+            extra_metrics: &self.extra_metrics,
         };
         let conn = &mut self.conns[slot];
         if conn.has_partial_input() {
@@ -434,6 +464,8 @@ impl<A: App, S: Transport> Endpoint<A, S> {
             };
             if conn.armed == at {
                 conn.armed = NEVER;
+            } else if conn.superseded == at {
+                conn.superseded = NEVER;
             }
             if conn.deadline <= now_ms {
                 self.on_deadline(now, slot);
@@ -453,7 +485,17 @@ impl<A: App, S: Transport> Endpoint<A, S> {
     /// the end of the queue and are applied in this same call. Then the next broadcast slice
     /// is copied out.
     pub fn apply(&mut self, now: Instant) {
-        loop {
+        self.apply_effects(now);
+        // One broadcast slice per turn; what it decides (slow readers dropped) is applied now,
+        // and a broadcast that this decides waits for the next turn's slice.
+        if self.advance_broadcasts(now) {
+            self.apply_effects(now);
+        }
+    }
+
+    /// Applies the queued effects, and those they decide, in order.
+    fn apply_effects(&mut self, now: Instant) {
+        {
             while let Some(effect) = self.effects.pop_front() {
                 match effect {
                     Effect::Send(to, message) => {
@@ -474,9 +516,6 @@ impl<A: App, S: Transport> Endpoint<A, S> {
                     Effect::Close(peer, close) => self.close_websocket(now, peer, close),
                     Effect::Eof(slot, generation) => self.on_eof(now, slot, generation),
                 }
-            }
-            if !self.advance_broadcasts(now) {
-                break;
             }
         }
     }
@@ -602,10 +641,20 @@ impl<A: App, S: Transport> Endpoint<A, S> {
     /// a later deadline reuses the earlier entry, which re-arms when it comes due).
     fn arm(&mut self, slot: usize) {
         let Some(conn) = self.conns.get_mut(slot) else { return };
-        if conn.deadline != NEVER && (conn.armed == NEVER || conn.deadline < conn.armed) {
-            self.timers.push(conn.deadline, slot, conn.generation);
-            conn.armed = conn.deadline;
+        if conn.deadline == NEVER || (conn.armed != NEVER && conn.deadline >= conn.armed) {
+            return; // no deadline, or the live entry comes first and re-arms then
         }
+        if conn.armed == NEVER && conn.deadline == conn.superseded {
+            // The entry an earlier deadline superseded is still in the heap: it is live again.
+            conn.armed = conn.superseded;
+            conn.superseded = NEVER;
+            return;
+        }
+        self.timers.push(conn.deadline, slot, conn.generation);
+        if conn.armed != NEVER {
+            conn.superseded = conn.armed;
+        }
+        conn.armed = conn.deadline;
     }
 
     /// The slot of an open WebSocket peer, if it is still there.
@@ -654,7 +703,11 @@ impl<A: App, S: Transport> Endpoint<A, S> {
                 match session.handle_idle(output(&mut conn.bufs, &mut self.spares)) {
                     IdleOutcome::Pinged => {
                         conn.deadline = ping;
-                        mark_dirty(&mut self.dirty, conn, slot);
+                        if conn.pending_output() > self.settings.max_outbound_bytes {
+                            self.remove(now, slot, DropReason::SlowReader);
+                        } else {
+                            mark_dirty(&mut self.dirty, conn, slot);
+                        }
                     }
                     IdleOutcome::TimedOut => {
                         debug!(self.log, "idle timeout"; "conn" => slot, "peer" => %conn.addr);
@@ -695,6 +748,11 @@ impl<A: App, S: Transport> Endpoint<A, S> {
     fn remove(&mut self, now: Instant, slot: usize, reason: DropReason) {
         let Some(mut conn) = self.conns.try_remove(slot) else { return };
         debug!(self.log, "closed"; "conn" => slot, "peer" => %conn.addr, "reason" => ?reason);
+        if conn.dirty {
+            // A later occupant of the slot must not inherit the entry (the list is this
+            // turn's output: short).
+            self.dirty.retain(|&s| s != slot);
+        }
         conn.release(&mut self.spares);
         if conn.is_websocket() {
             self.websocket_ended(now, PeerId::new(self.worker, conn.generation, slot as u32));
@@ -736,7 +794,14 @@ impl<A: App, S: Transport> Endpoint<A, S> {
 }
 
 /// Renders `/metrics`: the endpoint's families, then the application's.
-fn write_metrics<A: App>(stats: &Stats, open: usize, stopping: bool, app: &A, out: &mut String) {
+fn write_metrics<A: App>(
+    stats: &Stats,
+    open: usize,
+    stopping: bool,
+    app: &A,
+    extra: &str,
+    out: &mut String,
+) {
     let s = stats;
     metrics::gauge(
         out,
@@ -767,6 +832,7 @@ fn write_metrics<A: App>(stats: &Stats, open: usize, stopping: bool, app: &A, ou
     metrics::sample(out, name, &[("result", "ok")], s.reloads_ok);
     metrics::sample(out, name, &[("result", "failed")], s.reloads_failed);
     app.write_metrics(out);
+    out.push_str(extra);
 }
 
 /// What `drive` needs of the endpoint besides the connection.
@@ -784,6 +850,8 @@ struct Cx<'a, A> {
     now: Instant,
     open: usize,
     stopping: bool,
+    unavailable: Option<&'static str>,
+    extra_metrics: &'a str,
 }
 
 impl<A: App> Cx<'_, A> {
@@ -833,6 +901,8 @@ fn drive<A: App, S>(
                         app: &*cx.app,
                         open: cx.open,
                         stopping: cx.stopping,
+                        unavailable: cx.unavailable,
+                        extra_metrics: cx.extra_metrics,
                     };
                     let next = routes::respond(&route, &req, client, conn.output(cx.spares));
                     match next {

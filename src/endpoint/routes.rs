@@ -39,6 +39,10 @@ pub(super) struct RouteCx<'a, A> {
     pub(super) open: usize,
     /// A graceful stop is under way: `/healthz` says 503.
     pub(super) stopping: bool,
+    /// The node cannot take new people (its cluster link is down): `/healthz` says 503.
+    pub(super) unavailable: Option<&'static str>,
+    /// Families the loop adds to `/metrics`.
+    pub(super) extra_metrics: &'a str,
 }
 
 /// Answers one complete request from `client` into `out`.
@@ -75,7 +79,14 @@ pub(super) fn respond<A: App>(
         "/metrics" => {
             if cx.settings.metrics_allow.contains(&client) {
                 let mut body = String::with_capacity(4096);
-                super::write_metrics(cx.stats, cx.open, cx.stopping, cx.app, &mut body);
+                super::write_metrics(
+                    cx.stats,
+                    cx.open,
+                    cx.stopping,
+                    cx.app,
+                    cx.extra_metrics,
+                    &mut body,
+                );
                 let extra = "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
                              Cache-Control: no-store\r\n";
                 http::write_response(
@@ -97,10 +108,14 @@ pub(super) fn respond<A: App>(
             }
         }
         "/healthz" => {
-            let (status, body) = if cx.stopping {
-                (Status::ServiceUnavailable, "stopping\n")
-            } else {
-                (Status::Ok, "ok\n")
+            let body;
+            let (status, body) = match (cx.stopping, cx.unavailable) {
+                (true, _) => (Status::ServiceUnavailable, "stopping\n"),
+                (false, Some(why)) => {
+                    body = format!("unavailable: {why}\n");
+                    (Status::ServiceUnavailable, body.as_str())
+                }
+                (false, None) => (Status::Ok, "ok\n"),
             };
             let extra = "Content-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\n";
             http::write_response(out, date, status, extra, body.as_bytes(), head_only, keep_alive);
