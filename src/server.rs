@@ -333,6 +333,8 @@ impl<A: App> Server<A> {
                     continue;
                 }
             };
+            // A dual-stack socket ([::]) reports IPv4 peers as ::ffff:a.b.c.d: keep them IPv4.
+            let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
             if self.conns.len() >= self.config.max_connections || self.shutdown_deadline.is_some() {
                 // Best effort: a fresh socket has room for this small answer.
                 let _ = stream.write(&self.full_response);
@@ -956,7 +958,12 @@ fn respond<A: App>(cx: &mut Cx<'_, A>, conn: &mut Conn, id: PeerId, idx: usize, 
     let head_only = req.method == Method::Head;
     let keep_alive = req.keep_alive();
     let log = cx.log;
-    let peer = conn.peer;
+    // The client: behind a trusted proxy, the one its X-Forwarded-For names (issue 11).
+    let peer = http::client_ip(
+        conn.peer.ip(),
+        req.header_all("x-forwarded-for").map(str::as_bytes),
+        &cx.config.trusted_proxies,
+    );
     if req.method == Method::Other {
         debug!(log, "method not allowed"; "conn" => idx, "peer" => %peer);
         http::write_error(
@@ -994,13 +1001,7 @@ fn respond<A: App>(cx: &mut Cx<'_, A>, conn: &mut Conn, id: PeerId, idx: usize, 
             }
         },
         "/metrics" => {
-            let ip = match conn.peer.ip() {
-                std::net::IpAddr::V6(v6) => {
-                    v6.to_ipv4_mapped().map_or(std::net::IpAddr::V6(v6), Into::into)
-                }
-                v4 => v4,
-            };
-            if cx.config.metrics_allow.contains(&ip) {
+            if cx.config.metrics_allow.contains(&peer) {
                 let mut body = String::with_capacity(4096);
                 write_metrics(cx, &mut body);
                 let extra = "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\nCache-Control: no-store\r\n";
