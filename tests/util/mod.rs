@@ -143,14 +143,13 @@ impl Server {
     /// Starts `chatd` with a config of `listen = "127.0.0.1:0"` followed by `extra_toml`, waits
     /// for its `chatd listening on http://ADDR/` line and returns it running.
     pub fn start(extra_toml: &str) -> Server {
+        Server::start_on("127.0.0.1:0", extra_toml)
+    }
+
+    /// [`Server::start`] on another `listen` address, such as `[::]:0`.
+    pub fn start_on(listen: &str, extra_toml: &str) -> Server {
         let dir = TempDir::new("server");
-        // chatd refuses to keep root (CI runs as root): run as `nobody`, as a deployment would.
-        // SAFETY: geteuid has no preconditions.
-        let as_root = unsafe { libc::geteuid() } == 0;
-        let user =
-            if as_root && !extra_toml.contains("user =") { "user = \"nobody\"\n" } else { "" };
-        let config =
-            dir.write("chatd.toml", &format!("listen = \"127.0.0.1:0\"\n{user}{extra_toml}\n"));
+        let config = dir.write("chatd.toml", &Server::config_text(listen, extra_toml));
         let stderr = fs::File::create(dir.path().join("stderr.log")).expect("create stderr log");
         let mut child = Command::new(chatd_bin())
             .arg("--config")
@@ -162,6 +161,23 @@ impl Server {
             .expect("spawn chatd");
         let (addr, stdout) = await_address(&mut child, &dir);
         Server { child, addr, dir, _stdout: stdout }
+    }
+
+    /// The configuration file for `listen` and `extra_toml`.
+    fn config_text(listen: &str, extra_toml: &str) -> String {
+        // chatd refuses to keep root (CI runs as root): run as `nobody`, as a deployment would.
+        // SAFETY: geteuid has no preconditions.
+        let as_root = unsafe { libc::geteuid() } == 0;
+        let user =
+            if as_root && !extra_toml.contains("user =") { "user = \"nobody\"\n" } else { "" };
+        format!("listen = {listen:?}\n{user}{extra_toml}\n")
+    }
+
+    /// Replaces the configuration file (same `listen`, then `extra_toml`); send SIGHUP to apply.
+    pub fn rewrite_config(&self, extra_toml: &str) {
+        let listen = self.addr.to_string();
+        fs::write(self.dir.path().join("chatd.toml"), Server::config_text(&listen, extra_toml))
+            .expect("rewrite the config");
     }
 
     /// The address the server listens on.
