@@ -9,8 +9,12 @@ use std::{
 
 use serde::{de, Deserialize, Deserializer};
 
-use crate::cluster::RedisTarget;
 pub use crate::roulette::ChatConfig;
+use crate::{cluster::RedisTarget, http::Cidr};
+
+/// Most entries `trusted_proxies` may list: each request from a proxy is checked against every
+/// one, for each `X-Forwarded-For` entry examined.
+pub const MAX_TRUSTED_PROXIES: usize = 256;
 
 /// Everything that can go wrong while loading a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +127,8 @@ pub struct FileConfig {
     pub shutdown_timeout: Option<ConfigDuration>,
     /// `metrics_allow`
     pub metrics_allow: Option<Vec<IpAddr>>,
+    /// `trusted_proxies`: addresses or networks, parsed into [`Cidr`]s by [`Config::from_file`].
+    pub trusted_proxies: Option<Vec<String>>,
     /// `daemon`
     pub daemon: Option<bool>,
     /// `pid_file`
@@ -263,6 +269,10 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Addresses allowed to read `/metrics`; others get 403. Default loopback only.
     pub metrics_allow: Vec<IpAddr>,
+    /// Reverse proxies whose `X-Forwarded-For` names the client that `metrics_allow`, the logs
+    /// and every per-address rule judge (see [`crate::http::client_ip`]). At most
+    /// [`MAX_TRUSTED_PROXIES`]. Default none: the header is ignored.
+    pub trusted_proxies: Vec<Cidr>,
     /// Detach from the terminal and run in the background. Default false.
     pub daemon: bool,
     /// A pid file, written and locked in daemon mode and removed at exit. Default none.
@@ -335,6 +345,7 @@ impl Default for Config {
                 IpAddr::from([127, 0, 0, 1]),
                 IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
             ],
+            trusted_proxies: Vec::new(),
             daemon: false,
             pid_file: None,
             user: None,
@@ -383,6 +394,20 @@ impl Config {
             key,
             message,
         };
+        let trusted = f.trusted_proxies.unwrap_or_default();
+        if trusted.len() > MAX_TRUSTED_PROXIES {
+            return Err(invalid(
+                "trusted_proxies",
+                format!(
+                    "lists {} entries, at most {MAX_TRUSTED_PROXIES} are allowed",
+                    trusted.len()
+                ),
+            ));
+        }
+        let trusted_proxies = trusted
+            .iter()
+            .map(|t| t.parse().map_err(|e| invalid("trusted_proxies", format!("`{t}`: {e}"))))
+            .collect::<Result<Vec<Cidr>>>()?;
         let chat = f.chat.unwrap_or_default();
         let dc = ChatConfig::default();
         let cfg = Config {
@@ -399,6 +424,7 @@ impl Config {
             ping_timeout: f.ping_timeout.map_or(d.ping_timeout, |d| d.0),
             shutdown_timeout: f.shutdown_timeout.map_or(d.shutdown_timeout, |d| d.0),
             metrics_allow: f.metrics_allow.unwrap_or(d.metrics_allow),
+            trusted_proxies,
             daemon: f.daemon.unwrap_or(d.daemon),
             pid_file: f.pid_file.map(|p| absolute(&p)),
             user: f.user,
@@ -547,7 +573,8 @@ impl Config {
             max_message_bytes => "max_message_bytes", max_outbound_bytes => "max_outbound_bytes",
             handshake_timeout => "handshake_timeout", idle_timeout => "idle_timeout",
             ping_timeout => "ping_timeout", shutdown_timeout => "shutdown_timeout",
-            metrics_allow => "metrics_allow", daemon => "daemon", pid_file => "pid_file",
+            metrics_allow => "metrics_allow", trusted_proxies => "trusted_proxies",
+            daemon => "daemon", pid_file => "pid_file",
             user => "user", group => "group", log_file => "log_file", log_format => "log_format",
             chat.max_message_chars => "chat.max_message_chars",
             chat.rate_per_second => "chat.rate_per_second", chat.rate_burst => "chat.rate_burst",
@@ -725,5 +752,39 @@ mod tests {
         assert!(e.contains("`allowed_origins`"), "{e}");
         let e = parse("web_root = \"/nonexistent/dir\"").unwrap_err().to_string();
         assert!(e.contains("`web_root`"), "{e}");
+    }
+
+    #[test]
+    fn trusted_proxies_are_networks() {
+        let c = parse("trusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\", \"::1\", \"fd00::/8\"]")
+            .unwrap();
+        let shown: Vec<String> = c.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["127.0.0.1", "10.0.0.0/8", "::1", "fd00::/8"]);
+        assert!(parse("").unwrap().trusted_proxies.is_empty(), "default: none");
+        for (bad, why) in [
+            ("\"localhost\"", "`localhost`: not an IP address"),
+            ("\"10.0.0.0/33\"", "`10.0.0.0/33`: the prefix length must be a number from 0 to 32"),
+            ("\"10.0.0.1/8\"", "`10.0.0.1/8`: host bits are set (the network is 10.0.0.0/8)"),
+        ] {
+            let e = parse(&format!("trusted_proxies = [{bad}]")).unwrap_err().to_string();
+            assert!(e.starts_with("test.toml: key `trusted_proxies`: "), "{e}");
+            assert!(e.contains(why), "{e}");
+        }
+        let e = parse("trusted_proxies = \"127.0.0.1\"").unwrap_err().to_string();
+        assert!(e.contains("trusted_proxies"), "{e}");
+        let many: Vec<String> = (0..=MAX_TRUSTED_PROXIES)
+            .map(|i| format!("\"10.0.{}.{}\"", i / 256, i % 256))
+            .collect();
+        let e = parse(&format!("trusted_proxies = [{}]", many.join(","))).unwrap_err().to_string();
+        assert!(e.contains("`trusted_proxies`: lists 257 entries, at most 256"), "{e}");
+    }
+
+    #[test]
+    fn trusted_proxies_are_reloadable() {
+        let running = parse("").unwrap();
+        let mut new = parse("trusted_proxies = [\"127.0.0.1\"]").unwrap();
+        assert_eq!(running.changed_keys(&new), ["trusted_proxies"]);
+        assert!(new.keep_restart_only(&running).is_empty());
+        assert_eq!(new.trusted_proxies.len(), 1);
     }
 }

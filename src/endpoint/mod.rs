@@ -81,6 +81,8 @@ pub struct Settings {
     pub allowed_origins: Vec<String>,
     /// Addresses that may read `/metrics`.
     pub metrics_allow: Vec<IpAddr>,
+    /// Proxies whose `X-Forwarded-For` names the real client.
+    pub trusted_proxies: Vec<http::Cidr>,
 }
 
 impl Settings {
@@ -96,6 +98,7 @@ impl Settings {
             shutdown_timeout: c.shutdown_timeout,
             allowed_origins: c.allowed_origins.clone(),
             metrics_allow: c.metrics_allow.clone(),
+            trusted_proxies: c.trusted_proxies.clone(),
         }
     }
 }
@@ -343,7 +346,7 @@ impl<A: App, S: Transport> Endpoint<A, S> {
         let deadline = self.deadline(now, self.settings.handshake_timeout);
         let slot = self.conns.insert(Connection::new(transport, addr, generation, deadline));
         self.stats.accepted += 1;
-        debug!(self.log, "accepted"; "conn" => slot, "peer" => %addr);
+        debug!(self.log, "accepted"; "conn" => slot, "peer" => %self.conns[slot].addr);
         self.arm(slot);
         Some(slot)
     }
@@ -892,7 +895,12 @@ fn drive<A: App, S>(
                 Ok(None) => return pos,
                 Ok(Some((n, req))) => {
                     pos += n;
-                    let client = conn.addr.ip();
+                    // The client: behind a trusted proxy, the one its X-Forwarded-For names.
+                    let client = http::client_ip(
+                        conn.addr.ip(),
+                        req.header_all("x-forwarded-for").map(str::as_bytes),
+                        &cx.settings.trusted_proxies,
+                    );
                     let route = RouteCx {
                         settings: cx.settings,
                         site: cx.site,
@@ -906,12 +914,15 @@ fn drive<A: App, S>(
                     };
                     let next = routes::respond(&route, &req, client, conn.output(cx.spares));
                     match next {
-                        Next::KeepAlive => {
-                            conn.deadline = cx.deadline(cx.settings.handshake_timeout)
+                        Next::KeepAlive { why } => {
+                            if let Some(why) = why {
+                                debug!(cx.log, "{}", why; "conn" => slot, "peer" => %client);
+                            }
+                            conn.deadline = cx.deadline(cx.settings.handshake_timeout);
                         }
                         Next::Close { why } => {
                             if let Some(why) = why {
-                                debug!(cx.log, "refused"; "conn" => slot, "peer" => %conn.addr, "why" => why);
+                                debug!(cx.log, "{}", why; "conn" => slot, "peer" => %client);
                             }
                             conn.start_closing(cx.deadline(CLOSE_LINGER), false);
                             return input.len();
@@ -919,8 +930,13 @@ fn drive<A: App, S>(
                         Next::Upgrade => {
                             let session = Session::new(cx.settings.max_message_bytes);
                             conn.upgrade(session, cx.deadline(cx.settings.idle_timeout));
+                            // From here on the connection is known by its client's address.
+                            conn.addr = connection::PeerAddr::new(SocketAddr::new(
+                                client,
+                                conn.addr.socket_addr().port(),
+                            ));
                             cx.stats.websockets_opened += 1;
-                            debug!(cx.log, "websocket open"; "conn" => slot, "peer" => %conn.addr, "peer_id" => %id);
+                            debug!(cx.log, "websocket open"; "conn" => slot, "peer" => %client, "peer_id" => %id);
                             cx.tell(id, Event::Open);
                         }
                     }

@@ -17,9 +17,13 @@ use crate::{
 /// What the connection does after the response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Next {
-    /// Wait for the next request (keep-alive).
-    KeepAlive,
-    /// Close after the response; `why` is for the debug log when it was a refusal.
+    /// Wait for the next request (keep-alive); `why` is for the debug log when it was a
+    /// refusal.
+    KeepAlive {
+        /// Why the request was refused, if it was.
+        why: Option<String>,
+    },
+    /// Close after the response; `why` as above.
     Close {
         /// Why the request was refused, if it was.
         why: Option<String>,
@@ -55,9 +59,12 @@ pub(super) fn respond<A: App>(
     let head_only = req.method == Method::Head;
     let keep_alive = req.keep_alive();
     let date = cx.date;
-    let after = |refused: Option<String>| match refused {
-        None if keep_alive => Next::KeepAlive,
-        why => Next::Close { why },
+    let after = |why: Option<String>| {
+        if keep_alive {
+            Next::KeepAlive { why }
+        } else {
+            Next::Close { why }
+        }
     };
     if req.method == Method::Other {
         let extra = "Allow: GET, HEAD\r\n";
@@ -101,10 +108,7 @@ pub(super) fn respond<A: App>(
                 after(None)
             } else {
                 http::write_error(out, date, Status::Forbidden, "", head_only, keep_alive);
-                match after(None) {
-                    Next::Close { .. } => Next::Close { why: Some("metrics refused".into()) },
-                    next => next,
-                }
+                after(Some("metrics refused".into()))
             }
         }
         "/healthz" => {

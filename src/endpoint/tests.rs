@@ -1534,6 +1534,7 @@ fn walk(seed: u64, steps: usize) {
         shutdown_timeout: secs(5),
         allowed_origins: Vec::new(),
         metrics_allow: vec![LOCAL],
+        trusted_proxies: Vec::new(),
     };
     let mut d = Driver::with(settings);
     // Reloads move timeouts back and forth several times before an entry fires: a deadline

@@ -1,12 +1,15 @@
 //! HTTP/1.1, just enough to serve the page and upgrade `/ws`: a request-head parser on top of
-//! httparse, canned responses, and the table of files. Sans-IO: bytes in, bytes out.
+//! httparse, canned responses with `Date`, the table of files, and the client's address behind
+//! a proxy. Sans-IO: bytes in, bytes out.
 mod date;
 mod files;
+mod forwarded;
 mod request;
 mod response;
 
 pub use date::{HttpDate, DATE_LEN};
 pub use files::{content_type, resolve_path, Asset, LoadError, Site};
+pub use forwarded::{client_ip, is_trusted, Cidr, CidrError, MAX_FORWARDED_ENTRIES};
 pub use request::{parse, Method, Request, MAX_HEADERS, MAX_HEAD_LEN};
 pub use response::{write_error, write_response, write_upgrade, Status, SECURITY_HEADERS};
 

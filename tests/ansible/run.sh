@@ -14,17 +14,23 @@
 #    systemd as PID 1 in new namespaces, its own network namespace included (boot-guest.sh).
 #    The controller reaches it only through ports on one loopback address 127.0.0.N of this
 #    machine, forwarded by socat into the guest's namespace (SSH to its port 22, HTTP 80, 8081,
-#    HTTPS 443). The firewall is probed from a second namespace linked to the guest by a veth pair
-#    on 192.0.2.0/24 (TEST-NET-1): addresses that exist only inside the two namespaces this test
-#    creates, so no packet leaves the machine or reaches any other address.
+#    HTTPS 443). The firewall is probed, and the page, /ws and Caddy are reached as an outside
+#    client would, from a second namespace linked to the guest by a veth pair on 192.0.2.0/24
+#    (TEST-NET-1) and fd00:c4a7::/64 (a private IPv6 ULA): addresses that exist only inside the
+#    two namespaces this test creates, so no packet leaves the machine or reaches any other
+#    address. chatd logs at debug level throughout, so its log shows every client address.
 # 4. The playbook, run the way terraform/ runs it (INI inventory, group [chatd], root over SSH):
-#      deploy            chatd active and enabled, running as chatd on 0.0.0.0:80, page served
-#                        (GET / 200), two WebSocket clients matched and chatting, kernel settings
-#                        applied in the guest only, firewall: 22 and 80 open, other ports dropped
+#      deploy            chatd active and enabled, running as chatd on [::]:80 (dual-stack), page
+#                        served (GET / 200), two WebSocket clients matched and chatting, over
+#                        IPv4 and IPv6 from the client namespace too, logged with their own
+#                        address (IPv4 not as ::ffff:a.b.c.d, a forged X-Forwarded-For ignored),
+#                        kernel settings applied in the guest only, firewall: 22 and 80 open,
+#                        other ports dropped, over IPv4 and IPv6
 #      again             changed=0
-#      reload            chatd_max_message_chars changed while a pair is connected: same MainPID,
-#                        no restart handler, the pair stays connected and is held to the new
-#                        limit, new clients are told it
+#      reload            chatd_max_message_chars and chatd_trusted_proxies changed while a pair
+#                        is connected: same MainPID, no restart handler, the pair stays connected
+#                        and is held to the new limit, new clients are told it; the client
+#                        namespace, now a trusted proxy, is judged by its X-Forwarded-For
 #      bad value         chatd_max_connections=0: the play fails at `chatd -t`, the file and the
 #                        running chatd are untouched
 #      listen            chatd_listen port changed: restarted (new MainPID), new port serves, the
@@ -32,9 +38,13 @@
 #      again             changed=0
 #      binary            a different binary: restarted
 #      https             chatd_domain=chat.test with Caddy's internal CA: chatd moves to
-#                        127.0.0.1:8080, HTTPS GET / 200 (from the host and inside the guest),
-#                        http:// redirects, wss:// clients match through Caddy, a foreign Origin
-#                        gets 403, firewall: 80 and 443 open, 8080 dropped
+#                        127.0.0.1:8080 and trusts 127.0.0.1, HTTPS GET / 200 (from the host and
+#                        inside the guest), http:// redirects, wss:// clients match through
+#                        Caddy, also from the client namespace over IPv4 and IPv6, where chatd's
+#                        log shows the client's own address (not 127.0.0.1, not a forged
+#                        X-Forwarded-For); /metrics through Caddy is 404 from everywhere while
+#                        chatd still serves it on 127.0.0.1:8080; a foreign Origin gets 403,
+#                        firewall: 80 and 443 open, 8080 dropped
 #      again             changed=0
 #      no domain again   Caddy removed, chatd back on port 80
 # 5. Tear-down (also on failure): guest powered off, forwarders and namespaces removed, cgroups
@@ -273,31 +283,39 @@ HTTP_PORT=$(free_port) && forward "$HTTP_PORT" 80
 ALT_PORT=$(free_port) && forward "$ALT_PORT" 8081
 HTTPS_PORT=$(free_port) && forward "$HTTPS_PORT" 443
 say "guest ports on this machine: ssh $ADDR:$SSH_PORT, http $ADDR:$HTTP_PORT, 8081 -> $ADDR:$ALT_PORT, https $ADDR:$HTTPS_PORT"
-# The client namespace: eth0 in the guest (192.0.2.1) <-> the prober (192.0.2.2).
+# The client namespace: eth0 in the guest (192.0.2.1, fd00:c4a7::1) <-> the client (192.0.2.2,
+# fd00:c4a7::2). nodad: the IPv6 addresses are usable at once, not after duplicate detection.
+GUEST4=192.0.2.1 CLIENT4=192.0.2.2 GUEST6=fd00:c4a7::1 CLIENT6=fd00:c4a7::2
 ip netns add "$CLIENT_NS"
 ip link add "cg$$" type veth peer name "cc$$"
 ip link set "cg$$" netns "$GPID"
 ip link set "cc$$" netns "$CLIENT_NS"
 G ip link set "cg$$" name eth0
-G ip addr add 192.0.2.1/24 dev eth0
+G ip addr add "$GUEST4/24" dev eth0
+G ip addr add "$GUEST6/64" dev eth0 nodad
 G ip link set eth0 up
-ip -n "$CLIENT_NS" addr add 192.0.2.2/24 dev "cc$$"
+ip -n "$CLIENT_NS" addr add "$CLIENT4/24" dev "cc$$"
+ip -n "$CLIENT_NS" addr add "$CLIENT6/64" dev "cc$$" nodad
 ip -n "$CLIENT_NS" link set "cc$$" up
 ip -n "$CLIENT_NS" link set lo up
-probe() { # PORT: open | refused | dropped, as seen from the client namespace
+C() { ip netns exec "$CLIENT_NS" "$@"; } # a command in the client namespace
+probe() { # PORT [GUEST_ADDR]: open | refused | dropped, as seen from the client namespace
     local rc=0
-    ip netns exec "$CLIENT_NS" timeout 3 bash -c "exec 3<>/dev/tcp/192.0.2.1/$1" 2>/dev/null || rc=$?
+    C timeout 3 bash -c "exec 3<>/dev/tcp/${2:-$GUEST4}/$1" 2>/dev/null || rc=$?
     case $rc in 0) echo open ;; 124) echo dropped ;; *) echo refused ;; esac
 }
-expect_port() { # PORT STATE
-    local got
-    got=$(probe "$1")
-    [ "$got" = "$2" ] || die "firewall: port $1 from the client namespace is $got, want $2"
-    say "ok: firewall: port $1 is $2"
+expect_port() { # PORT STATE: over IPv4 and IPv6
+    local got addr
+    for addr in "$GUEST4" "$GUEST6"; do
+        got=$(probe "$1" "$addr")
+        [ "$got" = "$2" ] || die "firewall: port $1 of $addr from the client namespace is $got, want $2"
+    done
+    say "ok: firewall: port $1 is $2 (IPv4 and IPv6)"
 }
 # Before any firewall: everything that listens is reachable (so 'dropped' later means the firewall).
 check "the guest's sshd is reachable from the client namespace before the role runs" \
     [ "$(probe 22)" = open ]
+check "... over IPv6 too ([$GUEST6]:22)" [ "$(probe 22 "$GUEST6")" = open ]
 for _ in $(seq 50); do
     ssh -q -i "$RUN/id_ed25519" -p "$SSH_PORT" -o BatchMode=yes -o StrictHostKeyChecking=no \
         -o UserKnownHostsFile=/dev/null -o ConnectTimeout=2 "root@$ADDR" true && break
@@ -314,6 +332,7 @@ guest ansible_host=$ADDR ansible_port=$SSH_PORT ansible_user=root
 
 [chatd:vars]
 chatd_domain=
+chatd_log_level=debug
 ansible_ssh_private_key_file=$RUN/id_ed25519
 ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR'
 ansible_python_interpreter=/usr/bin/python3
@@ -365,6 +384,34 @@ expect_page() { # URL [curl args]
     say "ok: GET $1 -> 200, chatd's page"
 }
 wscheck() { "$VENV/bin/python" "$HERE/wscheck.py" "$@" || die "wscheck $*"; }
+# From the client namespace: an outside client, with its own IPv4 or IPv6 address.
+C_wscheck() { C "$VENV/bin/python" "$HERE/wscheck.py" "$@" || die "wscheck (client namespace) $*"; }
+C_page() { # URL [curl args]: GET from the client namespace must give chatd's page
+    local code arg via=''
+    for arg in "${@:2}"; do [[ $arg == chat.test:* ]] && via=" via ${arg#chat.test:*:}"; done
+    code=$(C curl -sS -o "$RUN/body" -w '%{http_code}' --max-time 10 "${@:2}" "$1" || echo curl-failed)
+    [ "$code" = 200 ] || die "client namespace: GET $1$via: $code, want 200"
+    grep -qF '<title>chatd' "$RUN/body" || die "client namespace: GET $1$via: 200 but not chatd's page"
+    say "ok: client namespace: GET $1$via -> 200, chatd's page"
+}
+C_status() { # URL [curl args]: the status code a GET from the client namespace gets
+    C curl -sS -o /dev/null -w '%{http_code}' --max-time 10 "${@:2}" "$1" || echo curl-failed
+}
+FORGED='X-Forwarded-For: 10.1.2.3'
+# The log of the running chatd process only (earlier runs logged other clients).
+chatd_log() { G journalctl -u chatd "_PID=$(mainpid)" --no-pager -o cat; }
+chatd_logged() { # MESSAGE ADDR: a line with MESSAGE whose peer is exactly ADDR (waits for journald)
+    local journal pattern="$1.*peer: ${2//./[.]}(,|\$)"
+    for _ in $(seq 50); do
+        journal=$(chatd_log) && grep -qE "$pattern" <<<"$journal" && return 0
+        sleep 0.1
+    done
+    return 1
+}
+chatd_never_logged() { # TEXT
+    local journal
+    journal=$(chatd_log) && ! grep -qF "$1" <<<"$journal"
+}
 # (Output is captured before grep -q, which would otherwise end the pipe early: SIGPIPE + pipefail.)
 nft_drops() {
     local chain
@@ -385,7 +432,8 @@ play_ok deploy
 [ "$CHANGED" -gt 0 ] || die "the first run changed nothing"
 check "chatd is active" G systemctl is-active --quiet chatd
 check "chatd is enabled" G systemctl is-enabled --quiet chatd
-check "chatd listens on 0.0.0.0:80 only (got: $(listening))" [ "$(listening)" = "0.0.0.0:80" ]
+# ss shows a [::] socket that also takes IPv4 (IPV6_V6ONLY off) as *:80, a v6-only one as [::]:80.
+check "chatd listens on [::]:80, dual-stack, only (got: $(listening))" [ "$(listening)" = "*:80" ]
 PID1=$(mainpid)
 check "chatd runs as user chatd" [ "$(G ps -o user= -p "$PID1")" = chatd ]
 check "/usr/local/bin/chatd is the given binary" cmp -s "$BIN" "$GUEST/usr/local/bin/chatd"
@@ -400,9 +448,18 @@ check "... and not on this machine (fs.file-max is global: still $(cat /proc/sys
 check "nftables is active with a drop policy" nft_drops
 expect_page "http://$ADDR:$HTTP_PORT/"
 wscheck pair "ws://$ADDR:$HTTP_PORT/ws" --max-chars 2000
+# As an outside client, over IPv4 and IPv6, with a forged X-Forwarded-For that nobody trusts.
+C_page "http://$GUEST4/"
+C_page "http://[$GUEST6]/"
+C_wscheck pair "ws://$GUEST4/ws" --max-chars 2000 --header "$FORGED"
+C_wscheck pair "ws://[$GUEST6]/ws" --max-chars 2000 --header "$FORGED"
+check "chatd logged the IPv4 client as $CLIENT4" chatd_logged "websocket open" "$CLIENT4"
+check "chatd logged the IPv6 client as $CLIENT6" chatd_logged "websocket open" "$CLIENT6"
+check "... never as ::ffff:a.b.c.d" chatd_never_logged "::ffff:"
+check "... and never by the forged X-Forwarded-For" chatd_never_logged "10.1.2.3"
 # A listener the firewall does not know about: reachable inside the guest, dropped from outside.
 G systemd-run --quiet --unit=chatd-test-listener python3 -c \
-    'import socket, time; s = socket.socket(); s.bind(("0.0.0.0", 9999)); s.listen(); time.sleep(600)'
+    'import socket, time; s = socket.socket(socket.AF_INET6); s.bind(("::", 9999)); s.listen(); time.sleep(600)'
 for _ in $(seq 50); do [ -n "$(G ss -Hltn 'sport = :9999')" ] && break; sleep 0.1; done
 check "a test listener on port 9999 in the guest" [ -n "$(G ss -Hltn 'sport = :9999')" ]
 expect_port 22 open
@@ -414,7 +471,7 @@ phase "playbook: second run"
 play_ok again
 expect_unchanged
 
-phase "playbook: reloadable setting (chatd_max_message_chars 2000 -> 100)"
+phase "playbook: reloadable settings (chatd_max_message_chars 2000 -> 100, chatd_trusted_proxies)"
 mkdir -p "$RUN/hold"
 "$VENV/bin/python" "$HERE/wscheck.py" hold "ws://$ADDR:$HTTP_PORT/ws" "$RUN/hold" \
     --max-chars-before 2000 --max-chars 100 >"$RUN/hold.log" 2>&1 &
@@ -422,12 +479,18 @@ HOLD_PID=$!
 for _ in $(seq 100); do [ -e "$RUN/hold/paired" ] && break; kill -0 "$HOLD_PID" 2>/dev/null || break; sleep 0.1; done
 [ -e "$RUN/hold/paired" ] || { cat "$RUN/hold.log" >&2; die "the held pair did not connect"; }
 say "ok: a pair is connected and chatting before the run"
-play_ok reload -e chatd_max_message_chars=100
+play_ok reload -e chatd_max_message_chars=100 -e "{\"chatd_trusted_proxies\": [\"$CLIENT4\"]}"
 [ "$CHANGED" -gt 0 ] || die "changing chatd_max_message_chars changed nothing"
 handler_ran "Reload chatd" || die "the Reload chatd handler did not run"
 ! handler_ran "Restart chatd" || die "a reloadable change ran the Restart chatd handler"
 check "same MainPID after the reload ($PID1)" [ "$(mainpid)" = "$PID1" ]
 check "systemd ran the reload" journal_has chatd 'Reloaded chatd'
+check "chatd.toml has trusted_proxies = [\"$CLIENT4\"]" \
+    grep -qxF "trusted_proxies = [\"$CLIENT4\"]" "$GUEST/etc/chatd/chatd.toml"
+# The client namespace is now a trusted proxy: chatd judges the client its header names.
+C_wscheck pair "ws://$GUEST4/ws" --max-chars 100 --header "$FORGED"
+check "the reloaded trusted_proxies applies: chatd logged the forwarded 10.1.2.3" \
+    chatd_logged "websocket open" 10.1.2.3
 touch "$RUN/hold/go"
 wait "$HOLD_PID" || { cat "$RUN/hold.log" >&2; die "the pair connected before the reload"; }
 HOLD_PID=''
@@ -442,24 +505,25 @@ grep -q 'max_connections' "$PLAY_LOG" || die "the failure does not name max_conn
 check "chatd.toml untouched" [ "$(sha256sum "$GUEST/etc/chatd/chatd.toml")" = "$sum_before" ]
 check "chatd still running, same MainPID" [ "$(mainpid)" = "$PID1" ]
 
-phase "playbook: restart-only setting (chatd_listen 0.0.0.0:80 -> 0.0.0.0:8081)"
-play_ok listen -e chatd_max_message_chars=100 -e chatd_listen=0.0.0.0:8081
+phase "playbook: restart-only setting (chatd_listen [::]:80 -> [::]:8081)"
+LISTEN_8081='{"chatd_listen": "[::]:8081"}'
+play_ok listen -e chatd_max_message_chars=100 -e "$LISTEN_8081"
 handler_ran "Restart chatd" || die "the Restart chatd handler did not run"
 PID2=$(mainpid)
 check "new MainPID after the restart ($PID1 -> $PID2)" [ "$PID2" != "$PID1" -a "$PID2" != 0 ]
-check "chatd listens on 0.0.0.0:8081 only (got: $(listening))" [ "$(listening)" = "0.0.0.0:8081" ]
+check "chatd listens on [::]:8081, dual-stack, only (got: $(listening))" [ "$(listening)" = "*:8081" ]
 expect_page "http://$ADDR:$ALT_PORT/"
 wscheck pair "ws://$ADDR:$ALT_PORT/ws" --max-chars 100
 expect_port 8081 open
 expect_port 80 dropped
 
 phase "playbook: third run"
-play_ok again2 -e chatd_max_message_chars=100 -e chatd_listen=0.0.0.0:8081
+play_ok again2 -e chatd_max_message_chars=100 -e "$LISTEN_8081"
 expect_unchanged
 
 phase "playbook: a new binary restarts"
 cp "$BIN" "$RUN/chatd-new" && printf '\n' >>"$RUN/chatd-new" # same program, different file
-play_ok binary -e chatd_max_message_chars=100 -e chatd_listen=0.0.0.0:8081 -e "chatd_binary_src=$RUN/chatd-new"
+play_ok binary -e chatd_max_message_chars=100 -e "$LISTEN_8081" -e "chatd_binary_src=$RUN/chatd-new"
 PID3=$(mainpid)
 check "new MainPID after the binary changed ($PID2 -> $PID3)" [ "$PID3" != "$PID2" -a "$PID3" != 0 ]
 expect_page "http://$ADDR:$ALT_PORT/"
@@ -471,6 +535,7 @@ play_ok https "${HTTPS_VARS[@]}"
 check "caddy is active" G systemctl is-active --quiet caddy
 check "chatd listens on 127.0.0.1:8080 only (got: $(listening))" [ "$(listening)" = "127.0.0.1:8080" ]
 check "allowed_origins has https://chat.test" grep -qF '"https://chat.test"' "$GUEST/etc/chatd/chatd.toml"
+check "trusted_proxies is Caddy's 127.0.0.1" grep -qxF 'trusted_proxies = ["127.0.0.1"]' "$GUEST/etc/chatd/chatd.toml"
 CA=$GUEST/var/lib/caddy/.local/share/caddy/pki/authorities/local/root.crt
 for _ in $(seq 100); do [ -s "$CA" ] && break; sleep 0.1; done
 [ -s "$CA" ] || die "Caddy's internal root CA was not created at ${CA#"$GUEST"}"
@@ -491,6 +556,31 @@ wscheck pair "$URL" --connect "$ADDR:$HTTPS_PORT" --ca "$RUN/caddy-root.crt" --m
 # allowed_origins, which the role filled from chatd_domain.
 wscheck pair "$URL" --connect "$ADDR:$HTTPS_PORT" --ca "$RUN/caddy-root.crt" --origin https://chat.test
 wscheck refused "$URL" --connect "$ADDR:$HTTPS_PORT" --ca "$RUN/caddy-root.crt" --origin https://evil.test
+# Outside clients through Caddy, over IPv4 and IPv6, each sending a forged X-Forwarded-For:
+# Caddy replaces it, and chatd (trusting Caddy's 127.0.0.1) logs the client's real address.
+C_CA=(--cacert "$RUN/caddy-root.crt")
+C_page https://chat.test/ --resolve "chat.test:443:$GUEST4" "${C_CA[@]}"
+C_page https://chat.test/ --resolve "chat.test:443:[$GUEST6]" "${C_CA[@]}"
+C_wscheck pair wss://chat.test/ws --connect "$GUEST4:443" --ca "$RUN/caddy-root.crt" \
+    --origin https://chat.test --header "$FORGED"
+C_wscheck pair wss://chat.test/ws --connect "[$GUEST6]:443" --ca "$RUN/caddy-root.crt" \
+    --origin https://chat.test --header "$FORGED"
+check "through Caddy, chatd logged the IPv4 client as $CLIENT4" chatd_logged "websocket open" "$CLIENT4"
+check "through Caddy, chatd logged the IPv6 client as $CLIENT6" chatd_logged "websocket open" "$CLIENT6"
+check "... and never the forged X-Forwarded-For (Caddy replaced it)" chatd_never_logged "10.1.2.3"
+# /metrics is not served through Caddy to anyone, not even to a client Caddy sees as 127.0.0.1
+# (the port forward), while scrapers on the host still reach chatd itself.
+for path in /metrics /metrics/ /metrics/x /METRICS "/metrics?x=1"; do
+    for resolve in "chat.test:443:$GUEST4" "chat.test:443:[$GUEST6]"; do
+        code=$(C_status "https://chat.test$path" --resolve "$resolve" "${C_CA[@]}")
+        [ "$code" = 404 ] || die "client namespace: GET https://chat.test$path via $resolve: $code, want 404"
+    done
+    code=$(http_get "https://chat.test:$HTTPS_PORT$path" "${RESOLVE[@]}")
+    [ "$code" = 404 ] || die "GET https://chat.test:$HTTPS_PORT$path (Caddy sees 127.0.0.1): $code, want 404"
+done
+say "ok: /metrics through Caddy is 404 from the client namespace (IPv4, IPv6) and from 127.0.0.1"
+check "chatd still serves /metrics on 127.0.0.1:8080 inside the guest" \
+    G curl -fsS -o /dev/null --max-time 10 http://127.0.0.1:8080/metrics
 expect_port 22 open
 expect_port 80 open
 expect_port 443 open
@@ -503,7 +593,8 @@ expect_unchanged
 phase "playbook: domain removed again"
 play_ok nodomain -e chatd_max_message_chars=100
 check "caddy is no longer installed" not_installed caddy
-check "chatd listens on 0.0.0.0:80 only (got: $(listening))" [ "$(listening)" = "0.0.0.0:80" ]
+check "chatd listens on [::]:80, dual-stack, only (got: $(listening))" [ "$(listening)" = "*:80" ]
+check "trusted_proxies is empty again" grep -qxF 'trusted_proxies = []' "$GUEST/etc/chatd/chatd.toml"
 expect_page "http://$ADDR:$HTTP_PORT/"
 wscheck pair "ws://$ADDR:$HTTP_PORT/ws" --max-chars 100
 expect_port 443 dropped

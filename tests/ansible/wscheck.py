@@ -1,8 +1,10 @@
 """WebSocket checks of a deployed chatd, used by tests/ansible/run.sh (python `websockets`).
 
     wscheck.py pair   URL [--connect ADDR:PORT] [--ca FILE] [--origin O] [--max-chars N]
+                      [--header 'NAME: VALUE' ...]
         Two clients connect, search, are `matched` and exchange one message. With --max-chars,
-        the `welcome` must announce that limit.
+        the `welcome` must announce that limit. --header adds a request header (repeatable),
+        e.g. a forged X-Forwarded-For.
     wscheck.py refused URL --origin O [--connect ...] [--ca ...]
         The upgrade must be refused with 403 (an origin that is not allowed).
     wscheck.py hold   URL STATE_DIR --max-chars N [--connect ...]
@@ -12,7 +14,8 @@
         characters reaches the partner, and a new client's `welcome` announces N.
 
 --connect ADDR:PORT opens the TCP connection there while the URL's host still goes into the
-Host header and TLS SNI (like curl --resolve). Exit status 0 on success; any failure raises.
+Host header and TLS SNI (like curl --resolve); an IPv6 ADDR is written in brackets,
+[fd00::1]:443. Exit status 0 on success; any failure raises.
 """
 
 import argparse
@@ -37,8 +40,9 @@ def open_client(args, stack, origin=None):
     and returned with it."""
     url = urlsplit(args.url)
     port = url.port or (443 if url.scheme == "wss" else 80)
-    addr, _, cport = (args.connect or f"{url.hostname}:{port}").rpartition(":")
-    sock = socket.create_connection((addr, int(cport)), timeout=TIMEOUT)
+    addr, _, cport = (args.connect or f"[{url.hostname}]:{port}").rpartition(":")
+    sock = socket.create_connection((addr.strip("[]"), int(cport)), timeout=TIMEOUT)
+    headers = [tuple(part.strip() for part in h.split(":", 1)) for h in args.header]
     ctx = None
     if url.scheme == "wss":
         ctx = ssl.create_default_context(cafile=args.ca)
@@ -48,6 +52,7 @@ def open_client(args, stack, origin=None):
         ssl=ctx,
         server_hostname=url.hostname if ctx else None,
         origin=origin or args.origin,
+        additional_headers=headers,
         open_timeout=TIMEOUT,
         close_timeout=2,
     ))
@@ -152,6 +157,7 @@ def main():
     p.add_argument("--connect")
     p.add_argument("--ca")
     p.add_argument("--origin")
+    p.add_argument("--header", action="append", default=[])
     p.add_argument("--max-chars", type=int)
     p.add_argument("--max-chars-before", type=int)
     p.add_argument("--wait", type=float, default=600)

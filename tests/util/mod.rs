@@ -234,7 +234,7 @@ pub struct Server {
     process: KillOnDrop,
     addr: SocketAddr,
     /// The configuration and the log, removed once the process is gone.
-    _dir: TempDir,
+    dir: TempDir,
     /// Kept open so that the server never writes to a closed pipe.
     _stdout: BufReader<ChildStdout>,
 }
@@ -243,17 +243,27 @@ impl Server {
     /// Starts `chatd` with a config of `listen = "127.0.0.1:0"` followed by `extra_toml`, waits
     /// for its `chatd listening on http://ADDR/` line and returns it running.
     pub fn start(extra_toml: &str) -> Server {
-        Server::start_with(extra_toml, |_| {})
+        Server::start_on("127.0.0.1:0", extra_toml)
     }
 
     /// Like [`Server::start`], with `configure` applied to the command before it is spawned
     /// (limits, environment).
     pub fn start_with(extra_toml: &str, configure: impl FnOnce(&mut Command)) -> Server {
+        Server::start_on_with("127.0.0.1:0", extra_toml, configure)
+    }
+
+    /// [`Server::start`] on another `listen` address, such as `[::]:0`.
+    pub fn start_on(listen: &str, extra_toml: &str) -> Server {
+        Server::start_on_with(listen, extra_toml, |_| {})
+    }
+
+    fn start_on_with(
+        listen: &str,
+        extra_toml: &str,
+        configure: impl FnOnce(&mut Command),
+    ) -> Server {
         let dir = TempDir::new("server");
-        // chatd refuses to keep root (CI runs as root): run as `nobody`, as a deployment would.
-        let user = if extra_toml.contains("user =") { "" } else { user_line() };
-        let config =
-            dir.write("chatd.toml", &format!("listen = \"127.0.0.1:0\"\n{user}{extra_toml}\n"));
+        let config = dir.write("chatd.toml", &Server::config_text(listen, extra_toml));
         let log = dir.path().join("stderr.log");
         let stderr = fs::File::create(&log).expect("create stderr log");
         let mut command = Command::new(chatd_bin());
@@ -267,7 +277,24 @@ impl Server {
         let mut child = command.spawn().expect("spawn chatd");
         let (addr, stdout) = await_address(&mut child, &dir);
         let process = KillOnDrop::new(child, log, format!("chatd ({addr})"));
-        Server { process, addr, _dir: dir, _stdout: stdout }
+        Server { process, addr, dir, _stdout: stdout }
+    }
+
+    /// The configuration file for `listen` and `extra_toml`.
+    fn config_text(listen: &str, extra_toml: &str) -> String {
+        // chatd refuses to keep root (CI runs as root): run as `nobody`, as a deployment would.
+        // SAFETY: geteuid has no preconditions.
+        let as_root = unsafe { libc::geteuid() } == 0;
+        let user =
+            if as_root && !extra_toml.contains("user =") { "user = \"nobody\"\n" } else { "" };
+        format!("listen = {listen:?}\n{user}{extra_toml}\n")
+    }
+
+    /// Replaces the configuration file (same `listen`, then `extra_toml`); send SIGHUP to apply.
+    pub fn rewrite_config(&self, extra_toml: &str) {
+        let listen = self.addr.to_string();
+        fs::write(self.dir.path().join("chatd.toml"), Server::config_text(&listen, extra_toml))
+            .expect("rewrite the config");
     }
 
     /// The address the server listens on.
