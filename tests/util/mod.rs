@@ -23,6 +23,8 @@ use chatd::ws::{encode_frame, encode_masked, OpCode};
 use serde_json::{json, Value};
 use tungstenite::{protocol::CloseFrame, Message, WebSocket};
 
+pub mod redis;
+
 /// The longest any single read or write may take. Things that should happen within a configured
 /// timeout of a few hundred milliseconds are waited for this long.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
