@@ -517,7 +517,8 @@ impl<T> Link<T> {
             self.tx_pos = 0;
             self.tx.shrink_to(KEEP_BUFFER);
         } else if self.tx_pos >= KEEP_BUFFER && self.tx_pos >= self.tx.len() / 2 {
-            // Move the unsent half to the front, at most as many bytes as were sent since.
+            // Mostly written: move the unsent rest to the front. It is no longer than what was
+            // written, so the copying stays linear in the bytes sent.
             self.tx.drain(..self.tx_pos);
             self.tx_pos = 0;
         }
