@@ -139,6 +139,29 @@ pub trait App {
         let _ = out;
     }
 
+    /// In a cluster: the next operation for the shared crowd (a search, a line for a partner
+    /// on another worker, ...). The loop drains these after every apply point.
+    fn poll_cluster_op(&mut self) -> Option<crate::cluster::Op> {
+        None
+    }
+
+    /// In a cluster: what the shared crowd said (a match, a partner's line, the link's state).
+    fn handle_cluster_event(
+        &mut self,
+        now: Instant,
+        event: crate::cluster::Event,
+        out: &mut Vec<Action>,
+    ) {
+        let _ = (now, event, out);
+    }
+
+    /// In a cluster: people connected here, and (pushed to `pairs`) each local person chatting
+    /// with someone elsewhere with that partner's key, for the heartbeat.
+    fn cluster_state(&self, pairs: &mut Vec<(PeerId, String)>) -> usize {
+        let _ = pairs;
+        0
+    }
+
     /// The server is shutting down: tell peers what they need to know before the close frames.
     fn handle_shutdown(&mut self, now: Instant, out: &mut Vec<Action>) {
         let _ = (now, out);

@@ -80,3 +80,113 @@ impl Transport for Socket {
         let _ = self.stream.shutdown(Shutdown::Write);
     }
 }
+
+/// A socket to Redis: TCP or a unix socket, with its write readiness.
+#[derive(Debug)]
+pub(crate) struct RedisSocket {
+    stream: RedisStream,
+    pub(crate) writable: bool,
+    /// The non-blocking connect has not been confirmed yet.
+    pub(crate) connecting: bool,
+}
+
+#[derive(Debug)]
+enum RedisStream {
+    Tcp(TcpStream),
+    Unix(mio::net::UnixStream),
+}
+
+impl RedisSocket {
+    /// Starts a non-blocking connect to `addr`. Host names are resolved here, with the system
+    /// resolver (blocking, but only once per connection attempt, at most every 100 ms).
+    pub(crate) fn connect(addr: &crate::cluster::RedisAddr) -> io::Result<RedisSocket> {
+        use std::net::ToSocketAddrs;
+        let stream = match addr {
+            crate::cluster::RedisAddr::Tcp { host, port } => {
+                let to = (host.as_str(), *port)
+                    .to_socket_addrs()?
+                    .next()
+                    .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
+                let s = TcpStream::connect(to)?;
+                let _ = s.set_nodelay(true);
+                RedisStream::Tcp(s)
+            }
+            crate::cluster::RedisAddr::Unix(path) => {
+                RedisStream::Unix(mio::net::UnixStream::connect(path)?)
+            }
+        };
+        Ok(RedisSocket { stream, writable: false, connecting: true })
+    }
+
+    /// Registers the socket for reading and writing.
+    pub(crate) fn register(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+    ) -> io::Result<()> {
+        let interest = mio::Interest::READABLE | mio::Interest::WRITABLE;
+        match &mut self.stream {
+            RedisStream::Tcp(s) => registry.register(s, token, interest),
+            RedisStream::Unix(s) => registry.register(s, token, interest),
+        }
+    }
+
+    /// After a writable event while connecting: whether the connect succeeded.
+    pub(crate) fn finish_connect(&mut self) -> io::Result<bool> {
+        let (err, peer) = match &self.stream {
+            RedisStream::Tcp(s) => (s.take_error()?, s.peer_addr().map(|_| ())),
+            RedisStream::Unix(s) => (s.take_error()?, s.peer_addr().map(|_| ())),
+        };
+        if let Some(e) = err {
+            return Err(e);
+        }
+        match peer {
+            Ok(()) => {
+                self.connecting = false;
+                self.writable = true;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads once, as [`Socket::fill`] does.
+    pub(crate) fn fill(&mut self, buf: &mut [u8]) -> io::Result<ReadOutcome> {
+        loop {
+            let r = match &mut self.stream {
+                RedisStream::Tcp(s) => s.read(buf),
+                RedisStream::Unix(s) => s.read(buf),
+            };
+            return match r {
+                Ok(0) => Ok(ReadOutcome::Eof),
+                Ok(n) => Ok(ReadOutcome::Data(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(ReadOutcome::WouldBlock),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => Err(e),
+            };
+        }
+    }
+
+    /// Writes as much of `buf` as the socket takes.
+    pub(crate) fn send(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut written = 0;
+        while written < buf.len() {
+            let r = match &mut self.stream {
+                RedisStream::Tcp(s) => s.write(&buf[written..]),
+                RedisStream::Unix(s) => s.write(&buf[written..]),
+            };
+            match r {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.writable = false;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(written)
+    }
+}

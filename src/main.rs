@@ -205,9 +205,19 @@ fn serve(
     let log = log::build(config.log_format, &level, log_file.as_ref());
     let notifier = Notifier::from_env().map_err(|e| format!("NOTIFY_SOCKET: {e}"))?;
     let defaulted_user = config.user.is_none() && account.is_some();
-    let app = Roulette::new(config.chat.clone());
+    // In a cluster, this worker's id: the node, the worker's index and its pid, so that a
+    // replaced worker is a new member whose predecessor the others forget.
+    let worker_id =
+        config.cluster.as_ref().map(|c| format!("{}/{}/{}", c.node, 0, std::process::id()));
+    let app = match &worker_id {
+        Some(id) => Roulette::clustered(config.chat.clone(), id.clone()),
+        None => Roulette::new(config.chat.clone()),
+    };
     let mut server =
         Server::new(listener, config, site, app, 0, log.clone()).map_err(|e| e.to_string())?;
+    if let Some(id) = worker_id {
+        server.join_cluster(id);
+    }
     let addr = server.local_addr();
     let user = daemon::current_user();
     info!(log, "chatd started"; "version" => env!("CARGO_PKG_VERSION"), "listen" => %addr,

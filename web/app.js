@@ -34,6 +34,7 @@
   let conn = 'connecting'; // connecting | open | off
   let everOpen = false;
   let mode = 'idle'; // idle | searching | chatting | ended
+  let paused = false; // a cluster node cannot reach the shared queue: searches wait
   let endText = '';
   let common = [];
   let myInterests = [];
@@ -85,6 +86,7 @@
       return `${lead} Reconnecting…`;
     }
     if (conn === 'connecting') return 'Connecting…';
+    if (mode === 'searching' && paused) return 'Matching is paused while the service reconnects. You keep your place…';
     if (mode === 'searching') return 'Looking for a stranger…';
     if (mode === 'chatting') {
       return common.length ? `Chatting · you both like ${list(common, 'conjunction')}` : 'Chatting with a random stranger';
@@ -301,6 +303,7 @@
     if (!m || typeof m !== 'object') return;
     switch (m.type) {
       case 'welcome':
+        paused = false;
         if (Number.isInteger(m.max_message_chars) && m.max_message_chars > 0) maxChars = m.max_message_chars;
         setOnline(m.online);
         if (mode === 'searching') {
@@ -314,6 +317,7 @@
         setOnline(m.count);
         break;
       case 'matched':
+        paused = false;
         if (mode === 'searching') matched(Array.isArray(m.common_interests) ? m.common_interests : []);
         break;
       case 'message':
@@ -328,6 +332,10 @@
         break;
       case 'partner_left':
         if (mode === 'chatting') partnerLeft(m.reason);
+        break;
+      case 'matching':
+        paused = m.available === false;
+        render();
         break;
       case 'error':
         onError(String(m.code || ''));

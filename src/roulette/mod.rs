@@ -27,7 +27,10 @@
 //!   [`ERROR_PER_SECOND`]; when none is left the connection is closed with 1008. A person who
 //!   trips over an error now and then never gets near it; a script that floods invalid or
 //!   over-the-rate messages is cut off after about [`ERROR_BURST`] of them.
-use std::time::Instant;
+use std::{
+    collections::{BTreeSet, HashMap, VecDeque},
+    time::{Duration, Instant},
+};
 
 use self::{
     matchmaker::{Match, Matchmaker},
@@ -36,6 +39,7 @@ use self::{
 };
 use crate::{
     app::{Action, App, Event, Message, PeerId},
+    cluster::{Event as ClusterEvent, Op},
     ws::close_code,
 };
 
@@ -259,6 +263,80 @@ pub struct Roulette {
     /// `handle_shutdown` ran: no more matching, no more online broadcasts.
     is_draining: bool,
     counters: RouletteCounters,
+    /// The shared crowd, when this roulette is one worker of a cluster.
+    cluster: Option<Cluster>,
+}
+
+/// Proxy ids of partners on other workers carry this worker number (local workers are
+/// numbered below 64).
+const REMOTE_WORKER: u8 = 255;
+
+/// How long a search that Redis failed waits before it is made again (while the link is up).
+const SEARCH_RETRY: Duration = Duration::from_secs(1);
+
+/// The roulette's side of a cluster: matching happens in Redis, partners may be elsewhere.
+#[derive(Debug)]
+struct Cluster {
+    /// This worker's id ("node/index/pid"); a peer's key is "WORKER#ID".
+    worker: String,
+    /// Operations for the cluster node, in order.
+    ops: VecDeque<Op>,
+    /// Partners on other workers: proxy id -> key, and back.
+    remote_keys: HashMap<PeerId, String>,
+    remote_ids: HashMap<String, PeerId>,
+    next_remote: u32,
+    /// The interests of every local searcher, to search again after a wake or a reconnect.
+    searching: HashMap<PeerId, Vec<String>>,
+    /// Searches to make again: interest timeouts, cooldowns, failed searches.
+    wakes: BTreeSet<(Instant, PeerId)>,
+    /// The link to Redis is up.
+    up: bool,
+    /// The crowd across every worker, from the last heartbeat.
+    crowd: Option<usize>,
+}
+
+impl Cluster {
+    fn key(&self, peer: PeerId) -> String {
+        match self.remote_keys.get(&peer) {
+            Some(key) => key.clone(),
+            None => format!("{}#{}", self.worker, peer.as_u64()),
+        }
+    }
+
+    /// The local id of `key` if it is on this worker, else its proxy id (made if needed).
+    fn id_of(&mut self, key: &str) -> PeerId {
+        if let Some((worker, id)) = key.rsplit_once('#') {
+            if worker == self.worker {
+                if let Ok(n) = id.parse::<u64>() {
+                    return PeerId::new((n >> 56) as u8, (n >> 32) as u32 & 0xff_ffff, n as u32);
+                }
+            }
+        }
+        if let Some(&id) = self.remote_ids.get(key) {
+            return id;
+        }
+        self.next_remote = self.next_remote.wrapping_add(1);
+        let id = PeerId::new(REMOTE_WORKER, self.next_remote >> 8, self.next_remote);
+        self.remote_ids.insert(key.to_owned(), id);
+        self.remote_keys.insert(id, key.to_owned());
+        id
+    }
+
+    fn forget(&mut self, proxy: PeerId) {
+        if let Some(key) = self.remote_keys.remove(&proxy) {
+            self.remote_ids.remove(&key);
+        }
+    }
+
+    fn cancel_search(&mut self, peer: PeerId) {
+        self.searching.remove(&peer);
+        self.wakes.retain(|&(_, p)| p != peer);
+        self.ops.push_back(Op::Cancel { peer });
+    }
+}
+
+fn is_remote(peer: PeerId) -> bool {
+    peer.worker() == REMOTE_WORKER
 }
 
 impl Roulette {
@@ -273,6 +351,50 @@ impl Roulette {
             online: OnlineCount::default(),
             is_draining: false,
             counters: RouletteCounters::default(),
+            cluster: None,
+        }
+    }
+
+    /// A roulette that is worker `worker` ("node/index/pid") of a cluster: it matches through
+    /// the shared queue in Redis ([`App::poll_cluster_op`], [`App::handle_cluster_event`]).
+    pub fn clustered(config: ChatConfig, worker: String) -> Roulette {
+        let mut r = Roulette::new(config);
+        r.cluster = Some(Cluster {
+            worker,
+            ops: VecDeque::new(),
+            remote_keys: HashMap::new(),
+            remote_ids: HashMap::new(),
+            next_remote: 0,
+            searching: HashMap::new(),
+            wakes: BTreeSet::new(),
+            up: false,
+            crowd: None,
+        });
+        r
+    }
+
+    /// People online as the page shows it: the whole crowd in a cluster, else this process.
+    fn online_count(&self) -> usize {
+        match &self.cluster {
+            Some(Cluster { crowd: Some(n), .. }) => (*n).max(self.peers.len()),
+            _ => self.peers.len(),
+        }
+    }
+
+    /// Sends `msg` to `to`, through the cluster if `to` is on another worker.
+    fn deliver(
+        &mut self,
+        out: &mut Vec<Action>,
+        from: PeerId,
+        to: PeerId,
+        msg: &ServerMessage<'_>,
+    ) {
+        match &mut self.cluster {
+            Some(c) if is_remote(to) => {
+                let key = c.key(to);
+                c.ops.push_back(Op::Relay { to: key, from, json: msg.encode() });
+            }
+            _ => send(out, to, msg),
         }
     }
 
@@ -289,7 +411,10 @@ impl Roulette {
     pub fn stats(&self) -> RouletteStats {
         RouletteStats {
             online: self.peers.len(),
-            searching: self.matchmaker.len(),
+            searching: match &self.cluster {
+                Some(c) => c.searching.len(),
+                None => self.matchmaker.len(),
+            },
             pairs: self.pairs,
         }
     }
@@ -314,10 +439,10 @@ impl Roulette {
         if self.online.sent_at.is_none() {
             // The first person is told the count by the welcome, and nobody else is here: that
             // counts as the first broadcast and starts the interval.
-            self.online = OnlineCount { sent: self.peers.len(), sent_at: Some(now) };
+            self.online = OnlineCount { sent: self.online_count(), sent_at: Some(now) };
         }
         let welcome = ServerMessage::Welcome {
-            online: self.peers.len(),
+            online: self.online_count(),
             max_message_chars: self.config.max_message_chars,
         };
         send(out, peer, &welcome);
@@ -379,6 +504,17 @@ impl Roulette {
         if self.is_draining {
             return Ok(()); // The server is closing everyone; do not start chats now.
         }
+        if let Some(c) = &mut self.cluster {
+            let interests: Vec<String> = interests.iter().map(str::to_owned).collect();
+            c.wakes.retain(|&(_, p)| p != peer);
+            c.searching.insert(peer, interests.clone());
+            if c.up {
+                c.ops.push_back(Op::Search { peer, interests });
+            } else {
+                send(out, peer, &ServerMessage::Matching { available: false });
+            }
+            return Ok(());
+        }
         if let Some(m) = self.matchmaker.handle_search(now, peer, interests) {
             self.start_chat(now, m, out);
         }
@@ -412,7 +548,7 @@ impl Roulette {
         }
         p.typing = false;
         self.counters.messages_relayed += 1;
-        send(out, partner, &ServerMessage::Message { text });
+        self.deliver(out, peer, partner, &ServerMessage::Message { text });
         Ok(())
     }
 
@@ -438,7 +574,7 @@ impl Roulette {
             return Err(RequestError::RateLimited);
         }
         p.typing = active;
-        send(out, partner, &ServerMessage::Typing { active });
+        self.deliver(out, peer, partner, &ServerMessage::Typing { active });
         Ok(())
     }
 
@@ -456,7 +592,12 @@ impl Roulette {
             ChatState::Chatting(partner) => self.end_chat(now, peer, partner, reason, out),
             ChatState::Searching => {
                 p.state = ChatState::Idle;
-                self.matchmaker.cancel(peer);
+                match &mut self.cluster {
+                    Some(c) => c.cancel_search(peer),
+                    None => {
+                        self.matchmaker.cancel(peer);
+                    }
+                }
             }
             ChatState::Idle | ChatState::Closing => {}
         }
@@ -481,8 +622,184 @@ impl Roulette {
             }
         }
         self.pairs = self.pairs.saturating_sub(1);
-        send(out, partner, &ServerMessage::PartnerLeft { reason });
-        self.matchmaker.handle_parting(now, peer, partner);
+        match &mut self.cluster {
+            Some(c) => {
+                // Redis keeps the cooldown and the pairs; a remote partner is told there.
+                let partner_key = c.key(partner);
+                if is_remote(partner) {
+                    c.forget(partner);
+                    c.ops.push_back(Op::Part {
+                        peer,
+                        partner: partner_key,
+                        reason: Some(reason.as_str()),
+                    });
+                } else {
+                    c.ops.push_back(Op::Part { peer, partner: partner_key, reason: None });
+                    send(out, partner, &ServerMessage::PartnerLeft { reason });
+                }
+            }
+            None => {
+                send(out, partner, &ServerMessage::PartnerLeft { reason });
+                self.matchmaker.handle_parting(now, peer, partner);
+            }
+        }
+    }
+
+    /// Starts a chat the shared queue made for local `peer` with `partner` (local or a
+    /// proxy). Only local people are told here; a remote partner's worker tells its own.
+    fn start_cluster_chat(
+        &mut self,
+        peer: PeerId,
+        partner: PeerId,
+        common: &[String],
+        waited: Duration,
+        out: &mut Vec<Action>,
+    ) {
+        if let Some(c) = &mut self.cluster {
+            c.searching.remove(&peer);
+            c.wakes.retain(|&(_, p)| p != peer);
+        }
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.state = ChatState::Chatting(partner);
+            p.typing = false;
+        }
+        self.counters.matches += 1;
+        self.counters.match_wait.observe(waited);
+        let interests = Interests::parse(common.iter().map(String::as_str)).unwrap_or_default();
+        send(out, peer, &ServerMessage::Matched { common_interests: &interests });
+    }
+
+    /// What the cluster said.
+    fn handle_cluster(&mut self, now: Instant, event: ClusterEvent, out: &mut Vec<Action>) {
+        let Some(c) = &mut self.cluster else { return };
+        match event {
+            ClusterEvent::Matched { peer, partner, waited, partner_waited, common } => {
+                let partner_id = c.id_of(&partner);
+                let searching = |r: &Roulette, id: PeerId| {
+                    r.peers.get(&id).is_some_and(|p| p.state == ChatState::Searching)
+                };
+                let me_ok = searching(self, peer);
+                let partner_local = !is_remote(partner_id);
+                let partner_ok = !partner_local || searching(self, partner_id);
+                if me_ok && partner_ok {
+                    self.start_cluster_chat(peer, partner_id, &common, waited, out);
+                    if partner_local {
+                        self.start_cluster_chat(partner_id, peer, &common, partner_waited, out);
+                        self.counters.matches -= 1;
+                    }
+                    self.pairs += 1;
+                    return;
+                }
+                // One side left while the queue paired them: undo, and whoever still searches
+                // searches again (keeping nothing: their entry left the queue with the match).
+                let Some(c) = &mut self.cluster else { return };
+                let reason = Some(LeaveReason::Disconnected.as_str());
+                if partner_local {
+                    let my_key = c.key(peer);
+                    c.ops.push_back(Op::Part { peer: partner_id, partner: my_key, reason: None });
+                } else {
+                    c.forget(partner_id);
+                    c.ops.push_back(Op::Part { peer, partner, reason });
+                }
+                for id in [peer, partner_id] {
+                    if !is_remote(id) && searching(self, id) {
+                        self.research(id);
+                    }
+                }
+            }
+            ClusterEvent::Waiting { peer, wake } => {
+                if let Some(d) = wake {
+                    c.wakes.insert((now + d, peer));
+                }
+            }
+            ClusterEvent::SearchFailed { peer } => {
+                if c.searching.contains_key(&peer) && c.up {
+                    c.wakes.insert((now + SEARCH_RETRY, peer));
+                }
+            }
+            ClusterEvent::RemoteMatched { to, from, waited, common } => {
+                let proxy = c.id_of(&from);
+                if self.peers.get(&to).is_some_and(|p| p.state == ChatState::Searching) {
+                    self.start_cluster_chat(to, proxy, &common, waited, out);
+                    self.pairs += 1;
+                } else if let Some(c) = &mut self.cluster {
+                    c.forget(proxy);
+                    let reason = Some(LeaveReason::Disconnected.as_str());
+                    c.ops.push_back(Op::Part { peer: to, partner: from, reason });
+                }
+            }
+            ClusterEvent::RemoteLeft { to, from, reason } => {
+                let Some(&proxy) = c.remote_ids.get(&from) else { return };
+                c.forget(proxy);
+                if let Some(p) = self.peers.get_mut(&to) {
+                    if p.state == ChatState::Chatting(proxy) {
+                        p.state = ChatState::Idle;
+                        p.typing = false;
+                        self.pairs = self.pairs.saturating_sub(1);
+                        let reason = LeaveReason::from_wire(&reason);
+                        send(out, to, &ServerMessage::PartnerLeft { reason });
+                    }
+                }
+            }
+            ClusterEvent::RemoteText { to, from, json } => {
+                let Some(&proxy) = c.remote_ids.get(&from) else { return };
+                if self.peers.get(&to).is_some_and(|p| p.state == ChatState::Chatting(proxy)) {
+                    out.push(Action::Send { to, message: Message::Text(json) });
+                }
+            }
+            ClusterEvent::Online(n) => c.crowd = Some(n),
+            ClusterEvent::Up => {
+                c.up = true;
+                let searchers: Vec<PeerId> = c.searching.keys().copied().collect();
+                for peer in searchers {
+                    self.research(peer);
+                    send(out, peer, &ServerMessage::Matching { available: true });
+                }
+            }
+            ClusterEvent::Down => {
+                c.up = false;
+                c.wakes.clear();
+                // Chats with people elsewhere cannot go on without the link; chats here do.
+                let remote: Vec<(PeerId, PeerId)> = self
+                    .peers
+                    .iter()
+                    .filter_map(|(&id, p)| match p.state {
+                        ChatState::Chatting(partner) if is_remote(partner) => Some((id, partner)),
+                        _ => None,
+                    })
+                    .collect();
+                for (id, proxy) in remote {
+                    if let Some(c) = &mut self.cluster {
+                        c.forget(proxy);
+                    }
+                    if let Some(p) = self.peers.get_mut(&id) {
+                        p.state = ChatState::Idle;
+                        p.typing = false;
+                    }
+                    self.pairs = self.pairs.saturating_sub(1);
+                    send(
+                        out,
+                        id,
+                        &ServerMessage::PartnerLeft { reason: LeaveReason::Disconnected },
+                    );
+                }
+                let Some(c) = &self.cluster else { return };
+                let searchers: Vec<PeerId> = c.searching.keys().copied().collect();
+                for peer in searchers {
+                    send(out, peer, &ServerMessage::Matching { available: false });
+                }
+            }
+        }
+    }
+
+    /// Makes a local searcher's search again (a wake, a reconnect, a failed match).
+    fn research(&mut self, peer: PeerId) {
+        let Some(c) = &mut self.cluster else { return };
+        let Some(interests) = c.searching.get(&peer).cloned() else { return };
+        c.wakes.retain(|&(_, p)| p != peer);
+        if c.up {
+            c.ops.push_back(Op::Search { peer, interests });
+        }
     }
 
     /// Starts the chat the matchmaker made; both are told what they share.
@@ -548,7 +865,7 @@ impl Roulette {
     /// When the next `online` broadcast is due: only while the count differs from the last one
     /// sent, and at most once per `online_interval`.
     fn online_due(&self) -> Option<Instant> {
-        if self.is_draining || self.peers.len() == self.online.sent {
+        if self.is_draining || self.online_count() == self.online.sent {
             return None;
         }
         self.online.sent_at?.checked_add(self.config.online_interval)
@@ -580,15 +897,22 @@ impl App for Roulette {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        match (self.online_due(), self.matchmaker.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let wake = self.cluster.as_ref().and_then(|c| c.wakes.first().map(|&(t, _)| t));
+        [self.online_due(), self.matchmaker.poll_timeout(), wake].into_iter().flatten().min()
     }
 
     fn handle_timeout(&mut self, now: Instant, out: &mut Vec<Action>) {
+        while let Some(&(at, peer)) = self.cluster.as_ref().and_then(|c| c.wakes.first()) {
+            if at > now {
+                break;
+            }
+            if let Some(c) = &mut self.cluster {
+                c.wakes.remove(&(at, peer));
+            }
+            self.research(peer);
+        }
         if self.online_due().is_some_and(|due| now >= due) {
-            let count = self.peers.len();
+            let count = self.online_count();
             out.push(Action::Broadcast { text: ServerMessage::Online { count }.encode() });
             self.online = OnlineCount { sent: count, sent_at: Some(now) };
         }
@@ -602,6 +926,27 @@ impl App for Roulette {
     /// Applies the reloaded `[chat]` table (see [`Roulette::set_config`]).
     fn reconfigure(&mut self, settings: ChatConfig) {
         self.set_config(settings);
+    }
+
+    fn poll_cluster_op(&mut self) -> Option<Op> {
+        self.cluster.as_mut()?.ops.pop_front()
+    }
+
+    fn handle_cluster_event(&mut self, now: Instant, event: ClusterEvent, out: &mut Vec<Action>) {
+        self.handle_cluster(now, event, out);
+    }
+
+    fn cluster_state(&self, pairs: &mut Vec<(PeerId, String)>) -> usize {
+        if let Some(c) = &self.cluster {
+            for (&id, p) in self.peers.iter() {
+                if let ChatState::Chatting(partner) = p.state {
+                    if is_remote(partner) {
+                        pairs.push((id, c.key(partner)));
+                    }
+                }
+            }
+        }
+        self.peers.len()
     }
 
     /// Writes the `chatd_` roulette families: see [`metrics`] for the list.
@@ -623,6 +968,27 @@ impl App for Roulette {
         let text = ServerMessage::PartnerLeft { reason: LeaveReason::Shutdown }.encode();
         for to in chatting {
             out.push(Action::Send { to, message: Message::Text(text.clone()) });
+        }
+        if let Some(c) = &mut self.cluster {
+            // Partners elsewhere see this server's people leave; searchers leave the queue.
+            let mut parts: Vec<(PeerId, PeerId)> = self
+                .peers
+                .iter()
+                .filter_map(|(&id, p)| match p.state {
+                    ChatState::Chatting(partner) => Some((id, partner)),
+                    _ => None,
+                })
+                .collect();
+            parts.sort_unstable();
+            for (peer, partner) in parts {
+                let reason = is_remote(partner).then_some(LeaveReason::Disconnected.as_str());
+                let key = c.key(partner);
+                c.ops.push_back(Op::Part { peer, partner: key, reason });
+            }
+            let searchers: Vec<PeerId> = c.searching.keys().copied().collect();
+            for peer in searchers {
+                c.cancel_search(peer);
+            }
         }
         for p in self.peers.values_mut() {
             if matches!(p.state, ChatState::Chatting(_) | ChatState::Searching) {

@@ -350,6 +350,28 @@ impl<'a> ClientMessage<'a> {
     }
 }
 
+impl LeaveReason {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaveReason::Left => "left",
+            LeaveReason::Next => "next",
+            LeaveReason::Disconnected => "disconnected",
+            LeaveReason::Shutdown => "shutdown",
+        }
+    }
+
+    /// The reason for a wire name; anything unknown is a disconnect.
+    pub fn from_wire(s: &str) -> LeaveReason {
+        match s {
+            "left" => LeaveReason::Left,
+            "next" => LeaveReason::Next,
+            "shutdown" => LeaveReason::Shutdown,
+            _ => LeaveReason::Disconnected,
+        }
+    }
+}
+
 /// Why a chat ended, as told to the partner who stayed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -408,6 +430,12 @@ pub enum ServerMessage<'a> {
         code: ErrorCode,
         /// A human-readable English sentence.
         message: &'a str,
+    },
+    /// In a cluster: whether matching works. `false` while this server cannot reach the shared
+    /// queue (searches keep their place and wait); `true` when it can again.
+    Matching {
+        /// Matching works.
+        available: bool,
     },
 }
 

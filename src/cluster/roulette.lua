@@ -1,0 +1,212 @@
+-- chatd's shared roulette, run atomically by Redis (EVALSHA). One script, four operations,
+-- so that a worker loads one SHA. Every key starts with the base ARGV[2] ("PREFIX:{q}"): one
+-- hash tag, so under Redis Cluster every key of the queue lives in one slot and each call
+-- stays atomic. Redis' own clock (TIME) orders everything, so hosts need not agree on time.
+--
+-- Keys (B = base):
+--   B:seq              counter: queue places (smaller waited longer)
+--   B:open             zset seq -> peer: waiters who take anyone
+--   B:int:<interest>   zset seq -> peer: waiters who gave that interest (picky or open)
+--   B:w:<peer>         hash: seq, since (ms), open (0/1), worker, n, i1..in (interests)
+--   B:ww:<worker>      set: the worker's waiters (for reaping a dead worker)
+--   B:pairs:<worker>   hash: the worker's chatting peer -> its partner (for reaping)
+--   B:parted           zset "a|b" (a < b) -> when they parted (ms): the rematch cooldown
+--   B:alive            zset worker -> last heartbeat (ms)
+--   B:online           hash worker -> people connected there
+-- Peers are "WORKER#ID"; WORKER is "node/index/pid". A worker's channel is
+-- "PREFIX:ch:WORKER" (ARGV[3] is "PREFIX:ch:"). Message text never passes through here.
+--
+-- Records published to a worker's channel: "M <to-id> <from-key> <waited-ms>\n<i1>\n<i2>..."
+-- (matched) and "L <to-id> <from-key> <reason>" (partner left), each framed as
+-- "<len>:<record>" so that a channel message may carry several.
+
+local op, B, CH = ARGV[1], ARGV[2], ARGV[3]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local DEAD_MS = 3000
+local SCAN = 64
+
+local function worker_of(peer)
+  return string.match(peer, '^(.*)#') or ''
+end
+
+local function id_of(peer)
+  return string.match(peer, '#(%d+)$') or '0'
+end
+
+local function frame(record)
+  return string.len(record) .. ':' .. record
+end
+
+local function pair_key(a, b)
+  if a < b then return a .. '|' .. b end
+  return b .. '|' .. a
+end
+
+local function is_alive(worker)
+  local beat = redis.call('ZSCORE', B .. ':alive', worker)
+  return beat and tonumber(beat) >= now - DEAD_MS
+end
+
+-- Removes a waiter from every index; returns its hash fields, or nil.
+local function unqueue(peer)
+  local w = B .. ':w:' .. peer
+  local f = redis.call('HGETALL', w)
+  if #f == 0 then return nil end
+  local h = {}
+  for i = 1, #f, 2 do h[f[i]] = f[i + 1] end
+  redis.call('ZREM', B .. ':open', peer)
+  for i = 1, tonumber(h.n or '0') do
+    redis.call('ZREM', B .. ':int:' .. h['i' .. i], peer)
+  end
+  redis.call('SREM', B .. ':ww:' .. (h.worker or ''), peer)
+  redis.call('DEL', w)
+  return h
+end
+
+-- Forgets a dead worker: its waiters leave the queue, its people's partners are told.
+local function reap(worker)
+  for _, peer in ipairs(redis.call('SMEMBERS', B .. ':ww:' .. worker)) do unqueue(peer) end
+  redis.call('DEL', B .. ':ww:' .. worker)
+  local pairs_ = redis.call('HGETALL', B .. ':pairs:' .. worker)
+  for i = 1, #pairs_, 2 do
+    local mine, partner = pairs_[i], pairs_[i + 1]
+    local pw = worker_of(partner)
+    redis.call('HDEL', B .. ':pairs:' .. pw, partner)
+    redis.call('PUBLISH', CH .. pw, frame('L ' .. id_of(partner) .. ' ' .. mine .. ' disconnected'))
+  end
+  redis.call('DEL', B .. ':pairs:' .. worker)
+  redis.call('ZREM', B .. ':alive', worker)
+  redis.call('HDEL', B .. ':online', worker)
+end
+
+-- The first waiter of zset `key` that `peer` may take: not itself, not a recent partner, on a
+-- live worker. Returns peer, seq, and the earliest parting that blocked one (or nil).
+local function first_eligible(key, peer, cooldown)
+  local blocked
+  local start = 0
+  while true do
+    local got = redis.call('ZRANGE', key, start, start + SCAN - 1, 'WITHSCORES')
+    if #got == 0 then return nil, nil, blocked end
+    for i = 1, #got, 2 do
+      local cand, seq = got[i], tonumber(got[i + 1])
+      if cand ~= peer then
+        local parted = redis.call('ZSCORE', B .. ':parted', pair_key(peer, cand))
+        if parted and tonumber(parted) + cooldown > now then
+          local p = tonumber(parted)
+          if not blocked or p < blocked then blocked = p end
+        elseif is_alive(worker_of(cand)) then
+          return cand, seq, blocked
+        end
+      end
+    end
+    start = start + SCAN
+  end
+end
+
+if op == 'search' then
+  -- ARGV: op, B, CH, peer, worker, interest_timeout_ms, cooldown_ms, n, i1..in (sorted)
+  local peer, worker = ARGV[4], ARGV[5]
+  local timeout, cooldown = tonumber(ARGV[6]), tonumber(ARGV[7])
+  local n = tonumber(ARGV[8])
+  local ints = {}
+  for i = 1, n do ints[i] = ARGV[8 + i] end
+  redis.call('ZREMRANGEBYSCORE', B .. ':parted', '-inf', now - cooldown)
+  -- A repeated search keeps its place and its interest deadline, and replaces its interests.
+  local old = unqueue(peer)
+  local seq, since, was_open
+  if old then
+    seq, since, was_open = tonumber(old.seq), tonumber(old.since), old.open == '1'
+  else
+    seq, since, was_open = redis.call('INCR', B .. ':seq'), now, false
+  end
+  local is_open = was_open or n == 0 or now >= since + timeout
+  while true do
+    local best, best_seq, blocked
+    for i = 1, n do
+      local c, s, b = first_eligible(B .. ':int:' .. ints[i], peer, cooldown)
+      if b and (not blocked or b < blocked) then blocked = b end
+      if c and (not best_seq or s < best_seq) then best, best_seq = c, s end
+    end
+    if not best and is_open then
+      local c, s, b = first_eligible(B .. ':open', peer, cooldown)
+      if b and (not blocked or b < blocked) then blocked = b end
+      best = c
+    end
+    if not best then
+      -- Wait in the queue.
+      local w = B .. ':w:' .. peer
+      local fields = {'seq', seq, 'since', since, 'open', is_open and '1' or '0',
+        'worker', worker, 'n', n}
+      for i = 1, n do
+        fields[#fields + 1] = 'i' .. i
+        fields[#fields + 1] = ints[i]
+        redis.call('ZADD', B .. ':int:' .. ints[i], seq, peer)
+      end
+      redis.call('HSET', w, unpack(fields))
+      if is_open then redis.call('ZADD', B .. ':open', seq, peer) end
+      redis.call('SADD', B .. ':ww:' .. worker, peer)
+      local wake = -1
+      if not is_open then wake = since + timeout - now end
+      if blocked then
+        local retry = blocked + cooldown - now
+        if wake < 0 or retry < wake then wake = retry end
+      end
+      return {'waiting', tostring(wake)}
+    end
+    local h = unqueue(best)
+    local common = {}
+    local theirs = {}
+    for i = 1, tonumber(h.n or '0') do theirs[h['i' .. i]] = true end
+    for i = 1, n do
+      if theirs[ints[i]] then common[#common + 1] = ints[i] end
+    end
+    local pw = h.worker
+    local delivered = 1
+    if pw ~= worker then
+      local rec = 'M ' .. id_of(best) .. ' ' .. peer .. ' ' .. (now - tonumber(h.since))
+      for i = 1, #common do rec = rec .. '\n' .. common[i] end
+      delivered = redis.call('PUBLISH', CH .. pw, frame(rec))
+    end
+    if delivered > 0 then
+      redis.call('HSET', B .. ':pairs:' .. worker, peer, best)
+      redis.call('HSET', B .. ':pairs:' .. pw, best, peer)
+      local reply = {'matched', best, tostring(now - since), tostring(now - tonumber(h.since))}
+      for i = 1, #common do reply[#reply + 1] = common[i] end
+      return reply
+    end
+    -- Nobody listens on that worker's channel: it is gone. Forget it and look again.
+    reap(pw)
+  end
+elseif op == 'cancel' then
+  -- ARGV: op, B, CH, peer
+  unqueue(ARGV[4])
+  return 1
+elseif op == 'part' then
+  -- ARGV: op, B, CH, peer, partner, reason ('' when the partner's side already knows)
+  local peer, partner, reason = ARGV[4], ARGV[5], ARGV[6]
+  local pw = worker_of(partner)
+  redis.call('HDEL', B .. ':pairs:' .. worker_of(peer), peer)
+  redis.call('HDEL', B .. ':pairs:' .. pw, partner)
+  redis.call('ZADD', B .. ':parted', now, pair_key(peer, partner))
+  if reason ~= '' and pw ~= worker_of(peer) then
+    redis.call('PUBLISH', CH .. pw, frame('L ' .. id_of(partner) .. ' ' .. peer .. ' ' .. reason))
+  end
+  return 1
+elseif op == 'beat' then
+  -- ARGV: op, B, CH, worker, people online here, pair list (peer, partner, ...) to restore
+  local worker, count = ARGV[4], ARGV[5]
+  redis.call('ZADD', B .. ':alive', now, worker)
+  redis.call('HSET', B .. ':online', worker, count)
+  for i = 6, #ARGV, 2 do
+    redis.call('HSET', B .. ':pairs:' .. worker, ARGV[i], ARGV[i + 1])
+  end
+  for _, dead in ipairs(redis.call('ZRANGEBYSCORE', B .. ':alive', '-inf', now - DEAD_MS)) do
+    reap(dead)
+  end
+  local total = 0
+  local all = redis.call('HGETALL', B .. ':online')
+  for i = 1, #all, 2 do total = total + tonumber(all[i + 1]) end
+  return total
+end
+return redis.error_reply('unknown op')
