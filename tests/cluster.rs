@@ -203,3 +203,196 @@ fn redis_lost_and_back_empty_pairing_resumes_and_local_chats_go_on() {
     t.say("back");
     s.expect(message("back"));
 }
+
+/// A client of the random test, with what it has seen.
+struct Person {
+    chat: Chat,
+    node: usize,
+    /// Chats this person has been matched into (its own count).
+    chats: u32,
+    /// In a chat (matched, no `partner_left` since), as this person's page sees it.
+    in_chat: bool,
+    /// A `search` was sent and its `searching` not yet seen: messages of the old chat may
+    /// still arrive and are ignored, as the page does.
+    awaiting_searching: u32,
+    /// The sender (person, chat number) of the lines received in the current chat.
+    partner: Option<(usize, u32)>,
+    /// Lines sent: the next sequence number.
+    seq: u32,
+    /// The last sequence number received from the current partner.
+    last_seq: Option<u32>,
+}
+
+/// xorshift64*: seeded, no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+/// Reads everything that has arrived for person `i` and checks the single-process rules as a
+/// client can see them: nobody meets themself, a chat's lines come from one partner in order,
+/// never outside a chat, never twice.
+fn drain(people: &mut [Person], i: usize, seen: &mut (u32, u32)) {
+    loop {
+        let Some(v) = people[i].chat.next_json(Instant::now()) else { return };
+        let p = &mut people[i];
+        match v["type"].as_str().unwrap_or("") {
+            "searching" => p.awaiting_searching = p.awaiting_searching.saturating_sub(1),
+            _ if p.awaiting_searching > 0 => {}
+            "matched" => {
+                assert!(!p.in_chat, "person {i}: matched while in a chat");
+                p.in_chat = true;
+                p.chats += 1;
+                seen.0 += 1;
+                p.partner = None;
+                p.last_seq = None;
+            }
+            "partner_left" => {
+                assert!(p.in_chat, "person {i}: partner_left outside a chat: {v}");
+                p.in_chat = false;
+            }
+            "message" => {
+                assert!(p.in_chat, "person {i}: a line outside a chat: {v}");
+                let text = v["text"].as_str().unwrap();
+                let parts: Vec<u32> = text.split(':').map(|s| s.parse().unwrap()).collect();
+                let (from, their_chat, seq) = (parts[0] as usize, parts[1], parts[2]);
+                assert_ne!(from, i, "person {i} got its own line: paired with itself");
+                match p.partner {
+                    None => p.partner = Some((from, their_chat)),
+                    Some(partner) => assert_eq!(
+                        partner,
+                        (from, their_chat),
+                        "person {i}: lines from two partners in one chat"
+                    ),
+                }
+                assert!(p.last_seq.is_none_or(|l| seq > l), "person {i}: {text} out of order");
+                p.last_seq = Some(seq);
+                seen.1 += 1;
+            }
+            "typing" | "online" | "welcome" | "matching" => {}
+            // A line sent before this client read its `partner_left` finds no chat: the page
+            // meets the same race.
+            "error" => assert_eq!(v["code"], "not_in_chat", "person {i}: {v}"),
+            other => panic!("person {i}: unexpected {other}: {v}"),
+        }
+    }
+}
+
+#[test]
+fn seeded_random_crowd_on_two_nodes_keeps_the_rules() {
+    for seed in [1_u64, 42] {
+        let (_redis, a, b) =
+            two_nodes("rate_burst = 1000\nrate_per_second = 1000.0\nrematch_cooldown = \"200ms\"");
+        let nodes = [&a, &b];
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut people: Vec<Person> = (0..10)
+            .map(|n| {
+                let node = n % 2;
+                Person {
+                    chat: Chat::connect(nodes[node].addr()),
+                    node,
+                    chats: 0,
+                    in_chat: false,
+                    awaiting_searching: 0,
+                    partner: None,
+                    seq: 0,
+                    last_seq: None,
+                }
+            })
+            .collect();
+        let interests = [&[][..], &["music"][..], &["chess"][..], &["music", "chess"][..]];
+        // Matches and lines seen: the walk must exercise what it checks.
+        let mut seen = (0, 0);
+        for step in 0..300 {
+            let i = rng.below(people.len() as u64) as usize;
+            match rng.below(10) {
+                0..=2 => {
+                    let pick = interests[rng.below(4) as usize];
+                    let p = &mut people[i];
+                    p.chat.search(pick);
+                    p.awaiting_searching += 1;
+                    p.in_chat = false;
+                }
+                3..=6 => {
+                    let p = &mut people[i];
+                    if p.in_chat {
+                        p.seq += 1;
+                        let line = format!("{i}:{}:{}", p.chats, p.seq);
+                        p.chat.say(&line);
+                    }
+                }
+                7 => {
+                    // Leave, then search again: the `searching` marks where the old chat ends
+                    // in the stream (a leave has no answer of its own).
+                    drain(&mut people, i, &mut seen);
+                    let p = &mut people[i];
+                    p.chat.send(json!({"type": "leave"}));
+                    p.chat.search(&[]);
+                    p.awaiting_searching += 1;
+                    p.in_chat = false;
+                }
+                8 => {
+                    // Reconnect: a new person on a random node.
+                    let node = rng.below(2) as usize;
+                    people[i] = Person {
+                        chat: Chat::connect(nodes[node].addr()),
+                        node,
+                        chats: 0,
+                        in_chat: false,
+                        awaiting_searching: 0,
+                        partner: None,
+                        seq: 0,
+                        last_seq: None,
+                    };
+                }
+                _ => thread::sleep(Duration::from_millis(5)),
+            }
+            // Reading costs a timed-out read per person: everyone every 20 steps (sockets
+            // buffer meanwhile), the one who acted every step.
+            if step % 20 == 19 {
+                for j in 0..people.len() {
+                    drain(&mut people, j, &mut seen);
+                }
+            } else {
+                drain(&mut people, i, &mut seen);
+            }
+        }
+        // Settle, then every pair still chatting exchanges a last line each way: it arrives
+        // exactly once, at the partner its lines came from.
+        thread::sleep(Duration::from_millis(300));
+        for j in 0..people.len() {
+            drain(&mut people, j, &mut seen);
+        }
+        let chatting: Vec<usize> = (0..people.len()).filter(|&j| people[j].in_chat).collect();
+        for &j in &chatting {
+            let p = &mut people[j];
+            p.seq += 1;
+            let line = format!("{j}:{}:{}", p.chats, p.seq);
+            p.chat.say(&line);
+        }
+        thread::sleep(Duration::from_millis(300));
+        for j in 0..people.len() {
+            drain(&mut people, j, &mut seen);
+        }
+        for &j in &chatting {
+            if let Some((partner, _)) = people[j].partner {
+                if people[partner].in_chat {
+                    assert_eq!(
+                        people[partner].partner.map(|(p, _)| p),
+                        Some(j),
+                        "seed {seed}: {j} and {partner} disagree about their chat"
+                    );
+                }
+            }
+        }
+        let nodes_used: std::collections::BTreeSet<usize> = people.iter().map(|p| p.node).collect();
+        assert_eq!(nodes_used.len(), 2, "seed {seed}: the crowd spans both nodes");
+        assert!(seen.0 >= 20 && seen.1 >= 15, "seed {seed}: only {seen:?} matches and lines");
+    }
+}
