@@ -163,6 +163,12 @@ impl Readiness {
         Readiness(None)
     }
 
+    /// The write end of a readiness pipe someone else waits on: a worker's word to its master
+    /// (see `master`), which reads it as the starting command reads the daemon's.
+    pub fn new(pipe: File) -> Readiness {
+        Readiness(Some(pipe))
+    }
+
     /// Tells the starting command that the daemon serves; it exits 0.
     pub fn ready(&mut self) {
         if let Some(mut pipe) = self.0.take() {

@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod endpoint;
 pub mod http;
 pub mod log;
+pub mod master;
 pub mod metrics;
 pub mod notify;
 pub mod roulette;
