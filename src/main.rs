@@ -6,11 +6,12 @@ use chatd::{
     daemon::{self, Account, DaemonError, Readiness},
     http::Site,
     log::{self, LevelSwitch, LogFile},
+    master::{self, Exit, Master, WorkerStart},
     notify::Notifier,
     roulette::Roulette,
     server::{Control, Server},
 };
-use slog::{error, info, warn};
+use slog::{error, info, o, warn, Logger};
 
 const USAGE: &str = "\
 chatd: an anonymous text chat roulette
@@ -120,10 +121,14 @@ fn run(args: Args) -> Result<(), String> {
         }
     }
 
-    // 2. While still privileged: the listening socket and the log file, so that their errors
-    //    reach this terminal and a port below 1024 can be bound.
-    let listener = std::net::TcpListener::bind(config.listen)
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    // 2. While still privileged: the listening socket (one per worker, all on `listen`) and the
+    //    log file, so that their errors reach this terminal and a port below 1024 can be bound.
+    let mut listeners = if config.workers > 1 {
+        master::bind_listeners(config.listen, config.workers)
+    } else {
+        std::net::TcpListener::bind(config.listen).map(|l| vec![l])
+    }
+    .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let log_file = match &config.log_file {
         Some(path) => {
             Some(LogFile::open(path).map_err(|e| format!("log_file {}: {e}", path.display()))?)
@@ -159,7 +164,12 @@ fn run(args: Args) -> Result<(), String> {
             return Err(message);
         }
     }
-    let result = serve(config, site, listener, log_file, account.as_ref(), &mut ready, detach);
+    let result = if listeners.len() > 1 {
+        supervise(config, site, listeners, log_file, account.as_ref(), &mut ready, detach)
+    } else {
+        let listener = listeners.remove(0);
+        serve(config, site, listener, log_file, account.as_ref(), &mut ready, detach)
+    };
     if let Err(e) = &result {
         ready.fail(e);
     }
@@ -204,17 +214,105 @@ fn serve(
     let level = LevelSwitch::new(config.log_level.to_slog());
     let log = log::build(config.log_format, &level, log_file.as_ref());
     let notifier = Notifier::from_env().map_err(|e| format!("NOTIFY_SOCKET: {e}"))?;
-    let defaulted_user = config.user.is_none() && account.is_some();
+    if config.user.is_none() && account.is_some() {
+        warn!(
+            log,
+            "started as root on built-in defaults: running as nobody (set `user` in a config)"
+        );
+    }
+    let control = Control { level, log_file, notifier };
+    serve_loop(config, site, listener, control, log, ready, 0, !detached, || Ok(()))
+}
+
+/// `workers = N > 1`: steps 4 and 5 for the master, which then forks the workers and
+/// supervises them. Returns in the master only; a worker exits from here.
+fn supervise(
+    config: Config,
+    site: Site,
+    listeners: Vec<std::net::TcpListener>,
+    log_file: Option<LogFile>,
+    account: Option<&Account>,
+    ready: &mut Readiness,
+    detached: bool,
+) -> Result<(), String> {
+    // Before any worker exists: no worker ever runs (or accepts a connection) as root, and none
+    // changes its user id later, which would clear the parent-death signal it sets.
+    if let Some(acct) = account {
+        daemon::drop_privileges(acct).map_err(|e| e.to_string())?;
+    }
+    let level = LevelSwitch::new(config.log_level.to_slog());
+    let log = log::build(config.log_format, &level, log_file.as_ref());
+    // Taken out of the environment here: only the master talks to systemd (NotifyAccess=main).
+    let notifier = Notifier::from_env().map_err(|e| format!("NOTIFY_SOCKET: {e}"))?;
+    let control = Control { level, log_file, notifier };
+    let workers = listeners.len();
+    let master =
+        Master::new(config, site, listeners, control, log.clone()).map_err(|e| e.to_string())?;
+    info!(log, "chatd started"; "version" => env!("CARGO_PKG_VERSION"),
+        "listen" => %master.local_addr(), "user" => daemon::current_user(),
+        "pid" => std::process::id(), "workers" => workers, "role" => "master");
+    // The master says "ok" (or why not) on the starting command's pipe once every worker serves.
+    let ready = std::mem::replace(ready, Readiness::none());
+    match master.run(ready, !detached) {
+        Ok(Exit::Stopped) => {
+            info!(log, "exiting");
+            Ok(())
+        }
+        Ok(Exit::Worker(start)) => {
+            drop(log);
+            std::process::exit(worker(*start))
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A worker process, just forked by the master: the single-process loop on its own listener.
+/// Returns the exit status; a start-up error goes to the master, which reports it.
+fn worker(start: WorkerStart) -> i32 {
+    let WorkerStart { index, listener, config, site, log_file, mut ready, held } = start;
+    let level = LevelSwitch::new(config.log_level.to_slog());
+    let log = log::build(config.log_format, &level, log_file.as_ref()).new(o!("worker" => index));
+    // The master removed NOTIFY_SOCKET before forking: this notifier does nothing.
+    let result =
+        Notifier::from_env().map_err(|e| format!("NOTIFY_SOCKET: {e}")).and_then(|notifier| {
+            let control = Control { level, log_file, notifier };
+            // Signals sent since the fork were held: they arrive once the loop can act on them.
+            let release = || held.release().map_err(|e| format!("cannot unblock signals: {e}"));
+            serve_loop(config, site, listener, control, log, &mut ready, index, false, release)
+        });
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            ready.fail(&e);
+            1
+        }
+    }
+}
+
+/// Builds the loop on `listener`, says so (log, stdout if `announce`, systemd, `ready`) and runs
+/// it. `signals_ready` runs once the loop's signal handlers are in place.
+#[allow(clippy::too_many_arguments)]
+fn serve_loop(
+    config: Config,
+    site: Site,
+    listener: std::net::TcpListener,
+    control: Control,
+    log: Logger,
+    ready: &mut Readiness,
+    index: u8,
+    announce: bool,
+    signals_ready: impl FnOnce() -> Result<(), String>,
+) -> Result<(), String> {
     // In a cluster, this worker's id: the node, the worker's index and its pid, so that a
     // replaced worker is a new member whose predecessor the others forget.
     let worker_id =
-        config.cluster.as_ref().map(|c| format!("{}/{}/{}", c.node, 0, std::process::id()));
+        config.cluster.as_ref().map(|c| format!("{}/{}/{}", c.node, index, std::process::id()));
     let app = match &worker_id {
         Some(id) => Roulette::clustered(config.chat.clone(), id.clone()),
         None => Roulette::new(config.chat.clone()),
     };
     let mut server =
-        Server::new(listener, config, site, app, 0, log.clone()).map_err(|e| e.to_string())?;
+        Server::new(listener, config, site, app, index, log.clone()).map_err(|e| e.to_string())?;
     if let Some(id) = worker_id {
         server.join_cluster(id);
     }
@@ -222,20 +320,13 @@ fn serve(
     let user = daemon::current_user();
     info!(log, "chatd started"; "version" => env!("CARGO_PKG_VERSION"), "listen" => %addr,
         "user" => &user, "pid" => std::process::id());
-    if defaulted_user {
-        warn!(
-            log,
-            "started as root on built-in defaults: running as nobody (set `user` in a config)"
-        );
-    }
-    if !detached {
+    if announce {
         // A detached daemon's stdout is its log file, where only log records belong; the start
         // record above carries the address.
         println!("chatd listening on http://{addr}/");
     }
-    server
-        .handle_signals(Control { level, log_file, notifier })
-        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    server.handle_signals(control).map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    signals_ready()?;
     server.notify_ready();
     ready.ready();
     server.run().map_err(|e| {
