@@ -537,7 +537,7 @@ impl Master {
                     if kill_at.is_some_and(|t| t <= now) {
                         warn!(self.log, "workers still running after shutdown_timeout: killing them";
                             "grace" => ?STOP_GRACE);
-                        self.kill_all(SIGKILL);
+                        self.signal_workers(SIGKILL);
                         self.phase = Phase::Stopping { kill_at: None };
                     }
                 }
@@ -601,15 +601,19 @@ impl Master {
             return Ok(Some(self.become_worker(index, theirs, mask)));
         }
         let forked = if pid < 0 { Err(io::Error::last_os_error()) } else { Ok(()) };
-        restore(&mask)?;
+        // Fails only for an invalid `how`, which SIG_SETMASK is not.
+        let _ = restore(&mask);
         forked?;
         drop(theirs);
         let mut word = UnixStream::from_std(ours);
-        self.poll.registry().register(
-            &mut word,
-            Token(FIRST_WORKER + index),
-            Interest::READABLE,
-        )?;
+        let token = Token(FIRST_WORKER + index);
+        if let Err(e) = self.poll.registry().register(&mut word, token, Interest::READABLE) {
+            // A worker the master cannot hear from is not kept.
+            send(pid, SIGKILL);
+            // SAFETY: waitpid on our own child, its status not needed.
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+            return Err(e);
+        }
         let slot = &mut self.slots[index];
         slot.state = WorkerState::Starting { pid, word: Some(word), said: Vec::new() };
         slot.started = now;
@@ -669,6 +673,7 @@ impl Master {
         if !eof {
             return Ok(());
         }
+        let _ = self.poll.registry().deregister(stream);
         if said.trim_ascii() == b"ok" {
             slot.state = WorkerState::Serving { pid };
             info!(self.log, "worker serving"; "worker" => index, "pid" => pid);
@@ -677,9 +682,7 @@ impl Master {
         // An error, or nothing: the worker is on its way out, and its exit is reaped on SIGCHLD.
         let message = String::from_utf8_lossy(said).trim().to_owned();
         if let WorkerState::Starting { word, .. } = &mut slot.state {
-            if let Some(mut w) = word.take() {
-                let _ = self.poll.registry().deregister(&mut w);
-            }
+            *word = None;
         }
         if !message.is_empty() && self.phase == Phase::Starting {
             return Err(MasterError::WorkerFailed { index, message });
@@ -695,11 +698,11 @@ impl Master {
                 SIGHUP => self.reload(),
                 SIGUSR1 => {
                     self.reopen_log();
-                    self.forward(SIGUSR1);
+                    self.signal_workers(SIGUSR1);
                 }
                 SIGINT if matches!(self.phase, Phase::Stopping { .. }) => {
                     warn!(self.log, "second interrupt: killing the workers now");
-                    self.kill_all(SIGKILL);
+                    self.signal_workers(SIGKILL);
                 }
                 // A terminal's Ctrl-C reaches every process of the group, workers included; what
                 // the master passes on must not count as their second interrupt.
@@ -726,18 +729,14 @@ impl Master {
                 *restart_at = None;
             }
         }
-        self.forward(forward);
+        self.signal_workers(forward);
     }
 
     /// Sends `sig` to every running worker; one still starting holds it until it can act on it.
-    fn forward(&self, sig: libc::c_int) {
+    fn signal_workers(&self, sig: libc::c_int) {
         for pid in self.slots.iter().filter_map(Slot::pid) {
             send(pid, sig);
         }
-    }
-
-    fn kill_all(&self, sig: libc::c_int) {
-        self.forward(sig);
     }
 
     /// SIGHUP: the file is checked here first, so that a bad one reaches no worker.
@@ -769,7 +768,7 @@ impl Master {
                         self.site = site;
                         info!(self.log, "configuration valid, reloading every worker";
                             "file" => %path.display());
-                        self.forward(SIGHUP);
+                        self.signal_workers(SIGHUP);
                     }
                 }
             }
@@ -846,7 +845,7 @@ impl Master {
 
     /// Start-up failed: kills every worker and waits for each, so that none outlives the master.
     fn abort(&mut self) {
-        self.kill_all(SIGKILL);
+        self.signal_workers(SIGKILL);
         for slot in &mut self.slots {
             if let Some(pid) = slot.pid() {
                 let mut status = 0;
