@@ -2,7 +2,7 @@
 //!
 //! The protocol layers (`http`, `ws`, `roulette`) and the connection layer (`endpoint`) are
 //! sans-IO: bytes and `now` in, bytes, events or actions out. Only `server`, `conn`, `signals`,
-//! `daemon`, `notify` and `main.rs` touch sockets, mio or the clock.
+//! `master`, `daemon`, `notify` and `main.rs` touch sockets, mio, libc or the clock.
 #![deny(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![cfg_attr(test, deny(warnings))]
 #![warn(unreachable_pub)]
