@@ -2,12 +2,13 @@
 //!
 //! The protocol layers (`http`, `ws`, `roulette`) and the connection layer (`endpoint`) are
 //! sans-IO: bytes and `now` in, bytes, events or actions out. Only `server`, `conn`, `signals`,
-//! `master`, `daemon`, `notify` and `main.rs` touch sockets, mio, libc or the clock.
+//! `master`, `board`, `daemon`, `notify` and `main.rs` touch sockets, mio, libc or the clock.
 #![deny(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![cfg_attr(test, deny(warnings))]
 #![warn(unreachable_pub)]
 
 pub mod app;
+pub mod board;
 pub mod cluster;
 pub mod config;
 pub mod daemon;

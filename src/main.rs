@@ -2,6 +2,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use chatd::{
+    board::Board,
     config::Config,
     daemon::{self, Account, DaemonError, Readiness},
     http::Site,
@@ -221,7 +222,7 @@ fn serve(
         );
     }
     let control = Control { level, log_file, notifier };
-    serve_loop(config, site, listener, control, log, ready, 0, !detached, || Ok(()))
+    serve_loop(config, site, listener, control, log, ready, 0, None, !detached, || Ok(()))
 }
 
 /// `workers = N > 1`: steps 4 and 5 for the master, which then forks the workers and
@@ -269,7 +270,7 @@ fn supervise(
 /// A worker process, just forked by the master: the single-process loop on its own listener.
 /// Returns the exit status; a start-up error goes to the master, which reports it.
 fn worker(start: WorkerStart) -> i32 {
-    let WorkerStart { index, listener, config, site, log_file, mut ready, held } = start;
+    let WorkerStart { index, listener, config, site, log_file, mut ready, held, board } = start;
     let level = LevelSwitch::new(config.log_level.to_slog());
     let log = log::build(config.log_format, &level, log_file.as_ref()).new(o!("worker" => index));
     // The master removed NOTIFY_SOCKET before forking: this notifier does nothing.
@@ -278,7 +279,10 @@ fn worker(start: WorkerStart) -> i32 {
             let control = Control { level, log_file, notifier };
             // Signals sent since the fork were held: they arrive once the loop can act on them.
             let release = || held.release().map_err(|e| format!("cannot unblock signals: {e}"));
-            serve_loop(config, site, listener, control, log, &mut ready, index, false, release)
+            let shared = board.map(|b| (b, usize::from(index)));
+            serve_loop(
+                config, site, listener, control, log, &mut ready, index, shared, false, release,
+            )
         });
     match result {
         Ok(()) => 0,
@@ -300,6 +304,7 @@ fn serve_loop(
     log: Logger,
     ready: &mut Readiness,
     index: u8,
+    board: Option<(Board, usize)>,
     announce: bool,
     signals_ready: impl FnOnce() -> Result<(), String>,
 ) -> Result<(), String> {
@@ -315,6 +320,10 @@ fn serve_loop(
         Server::new(listener, config, site, app, index, log.clone()).map_err(|e| e.to_string())?;
     if let Some(id) = worker_id {
         server.join_cluster(id);
+    }
+    if let Some((board, slot)) = board {
+        // Any worker answering /metrics serves every worker's series.
+        server.share_metrics(board, slot);
     }
     let addr = server.local_addr();
     let user = daemon::current_user();

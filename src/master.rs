@@ -32,7 +32,9 @@ use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGKILL, SIGQUIT, SIGTERM, SI
 use signal_hook_mio::v1_0::Signals;
 use slog::{error, info, warn, Logger};
 
-use crate::{config::Config, daemon::Readiness, http::Site, log::LogFile, server::Control};
+use crate::{
+    board::Board, config::Config, daemon::Readiness, http::Site, log::LogFile, server::Control,
+};
 
 const SIGNALS: Token = Token(0);
 /// Worker `i`'s readiness stream is registered as `Token(FIRST_WORKER + i)`.
@@ -260,6 +262,8 @@ pub struct WorkerStart {
     pub ready: Readiness,
     /// Release once the worker's signal handlers are in place.
     pub held: HeldSignals,
+    /// The shared metrics board; this worker writes slot `index`.
+    pub board: Option<Board>,
 }
 
 /// How [`Master::run`] returned.
@@ -386,6 +390,8 @@ pub struct Master {
     control: Control,
     log: Logger,
     pid: libc::pid_t,
+    /// Every worker's metrics, shared: mapped here, inherited by each worker at fork.
+    board: Option<Board>,
 }
 
 /// signal-hook-mio's `Signals`, which has no `Debug`.
@@ -423,6 +429,7 @@ impl Master {
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(MasterError::Setup)?;
         let now = Instant::now();
+        let listeners_len = listeners.len();
         let slots = listeners
             .iter()
             .map(|_| Slot {
@@ -444,6 +451,7 @@ impl Master {
             log,
             // SAFETY: getpid has no preconditions and cannot fail.
             pid: unsafe { libc::getpid() },
+            board: Board::new(listeners_len).map_err(MasterError::Setup).map(Some)?,
         })
     }
 
@@ -646,6 +654,7 @@ impl Master {
             log_file: self.control.log_file.clone(),
             ready: Readiness::new(File::from(OwnedFd::from(word))),
             held: HeldSignals(mask),
+            board: self.board.take(),
         }
     }
 

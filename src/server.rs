@@ -17,6 +17,7 @@ use slog::{debug, error, info, warn, Logger};
 
 use crate::{
     app::App,
+    board::Board,
     cluster::{Event as ClusterEvent, Link, LinkEvent, Node, Role, Tag},
     config::{Config, FromConfig},
     conn::{ReadOutcome, RedisSocket, Socket},
@@ -39,6 +40,8 @@ const LISTEN_BACKLOG: libc::c_int = 4096;
 const READ_CHUNK: usize = 64 * 1024;
 /// Reads given to one connection per readiness event before others get a turn.
 const READS_PER_EVENT: usize = 8;
+/// How often a worker shares its metrics on the board and reads the others'.
+const BOARD_INTERVAL: Duration = Duration::from_millis(250);
 /// How long accepting pauses when the process has no file descriptor left.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
@@ -71,6 +74,10 @@ pub struct Server<A: App> {
     fd_warned_at: Option<Instant>,
     /// The cluster's links and this worker's node, with `[cluster]`.
     cluster: Option<ClusterIo>,
+    /// With workers: the shared metrics board, this worker's slot, and the next update.
+    board: Option<(Board, usize, Instant)>,
+    /// The last good copy of each worker's slot.
+    board_seen: Vec<Option<String>>,
 }
 
 /// One Redis connection: the sans-IO link and the socket the loop drives it with.
@@ -151,7 +158,39 @@ where
             accept_paused_until: None,
             fd_warned_at: None,
             cluster: None,
+            board: None,
+            board_seen: Vec::new(),
         })
+    }
+
+    /// Shares this worker's metrics on `board` (slot `slot`) and serves every worker's.
+    pub fn share_metrics(&mut self, board: Board, slot: usize) {
+        self.board = Some((board, slot, Instant::now()));
+    }
+
+    /// Writes this worker's metrics to the board and serves everyone's, four times a second
+    /// (a scrape sees another worker's series at most half a second old).
+    fn update_board(&mut self, now: Instant) {
+        let Some((board, slot, next)) = &mut self.board else { return };
+        if now < *next {
+            return;
+        }
+        *next = now + BOARD_INTERVAL;
+        board.write(*slot, &self.endpoint.render_metrics());
+        // A slot caught mid-write (its worker descheduled there) keeps its last good copy.
+        self.board_seen.resize(board.len(), None);
+        for (i, seen) in self.board_seen.iter_mut().enumerate() {
+            if let Some(text) = board.read(i) {
+                *seen = Some(text);
+            }
+        }
+        let parts: Vec<(String, String)> = self
+            .board_seen
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| Some((i.to_string(), t.clone()?)))
+            .collect();
+        self.endpoint.set_metrics_override(Some(crate::metrics::merge_workers(&parts)));
     }
 
     /// Joins the cluster as worker `worker_id` ("node/index/pid"): the loop connects to Redis
@@ -222,8 +261,9 @@ where
         loop {
             let now = Instant::now();
             let cluster_due = self.cluster.as_ref().and_then(ClusterIo::poll_timeout);
+            let board_due = self.board.as_ref().map(|b| b.2);
             let timeout = if self.backlog.is_empty() {
-                [self.endpoint.poll_timeout(), self.accept_paused_until, cluster_due]
+                [self.endpoint.poll_timeout(), self.accept_paused_until, cluster_due, board_due]
                     .into_iter()
                     .flatten()
                     .min()
@@ -284,6 +324,7 @@ where
                 c.deliver_events(now, &mut self.endpoint, &self.log);
             }
             self.endpoint.handle_timeout(now);
+            self.update_board(now);
             self.endpoint.apply(now);
             if let Some(c) = &mut self.cluster {
                 c.take_operations(now, &mut self.endpoint);

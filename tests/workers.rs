@@ -419,10 +419,21 @@ fn sighup_reaches_every_worker_and_a_broken_file_none() {
     let (clients, gained) = spread(m.addr, &workers, 32);
     assert!(gained.iter().all(|&g| g > 0), "{gained:?}");
     drop(clients);
+    // One scrape of the shared port shows every worker (the shared metrics board).
+    eventually("both workers' reloads in one scrape", || {
+        let v = metrics(m.addr);
+        (0..2).all(|w| {
+            v.get(&format!("chatd_reloads_total{{worker=\"{w}\",result=\"ok\"}}")) == Some(&1.0)
+        })
+    });
+    // Each worker rebuilds what it serves every 250 ms: after two rounds every scrape agrees.
+    thread::sleep(Duration::from_millis(600));
     for _ in 0..16 {
         let v = metrics(m.addr);
-        assert_eq!(v["chatd_reloads_total{result=\"ok\"}"], 1.0);
-        assert_eq!(v["chatd_reloads_total{result=\"failed\"}"], 0.0);
+        for w in 0..2 {
+            assert_eq!(v[&format!("chatd_reloads_total{{worker=\"{w}\",result=\"ok\"}}")], 1.0);
+            assert_eq!(v[&format!("chatd_reloads_total{{worker=\"{w}\",result=\"failed\"}}")], 0.0);
+        }
     }
 
     m.rewrite("max_connections = 300\nno_such_key = true");
@@ -434,10 +445,14 @@ fn sighup_reaches_every_worker_and_a_broken_file_none() {
     thread::sleep(Duration::from_millis(300));
     assert_eq!(m.lines("reloaded").len(), 2, "{}", m.log());
     assert_eq!(children(m.pid()), workers, "the workers changed");
+    thread::sleep(Duration::from_millis(600));
     for _ in 0..16 {
         let v = metrics(m.addr);
-        assert_eq!(v["chatd_reloads_total{result=\"ok\"}"], 1.0);
-        assert_eq!(v["chatd_reloads_total{result=\"failed\"}"], 0.0, "a worker tried the file");
+        for w in 0..2 {
+            assert_eq!(v[&format!("chatd_reloads_total{{worker=\"{w}\",result=\"ok\"}}")], 1.0);
+            let failed = &format!("chatd_reloads_total{{worker=\"{w}\",result=\"failed\"}}");
+            assert_eq!(v[failed], 0.0, "a worker tried the file");
+        }
     }
 
     // Mended: both reload again.

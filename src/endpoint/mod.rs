@@ -210,6 +210,8 @@ pub struct Endpoint<A: App, S> {
     unavailable: Option<&'static str>,
     /// Families the loop adds to `/metrics` (the cluster link's).
     extra_metrics: String,
+    /// What `/metrics` serves instead of the endpoint's own families, if set.
+    metrics_override: Option<String>,
 }
 
 impl<A: App, S> std::fmt::Debug for Endpoint<A, S> {
@@ -252,6 +254,7 @@ impl<A: App, S: Transport> Endpoint<A, S> {
             shutdown: None,
             unavailable: None,
             extra_metrics: String::new(),
+            metrics_override: None,
         }
     }
 
@@ -275,6 +278,27 @@ impl<A: App, S: Transport> Endpoint<A, S> {
     /// Families the loop adds to `/metrics`, already in the text format.
     pub fn set_extra_metrics(&mut self, text: String) {
         self.extra_metrics = text;
+    }
+
+    /// This endpoint's `/metrics` body, as it would serve it now.
+    pub fn render_metrics(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        let stopping = self.shutdown.is_some();
+        write_metrics(
+            &self.stats,
+            self.conns.len(),
+            stopping,
+            &self.app,
+            &self.extra_metrics,
+            &mut out,
+        );
+        out
+    }
+
+    /// Serves `text` as `/metrics` instead of this endpoint's own families (with workers: every
+    /// worker's, merged), or its own again with `None`.
+    pub fn set_metrics_override(&mut self, text: Option<String>) {
+        self.metrics_override = text;
     }
 
     /// The application.
@@ -386,6 +410,7 @@ impl<A: App, S: Transport> Endpoint<A, S> {
             stopping: self.shutdown.is_some(),
             unavailable: self.unavailable,
             extra_metrics: &self.extra_metrics,
+            metrics_override: self.metrics_override.as_deref(),
         };
         let conn = &mut self.conns[slot];
         if conn.has_partial_input() {
@@ -855,6 +880,7 @@ struct Cx<'a, A> {
     stopping: bool,
     unavailable: Option<&'static str>,
     extra_metrics: &'a str,
+    metrics_override: Option<&'a str>,
 }
 
 impl<A: App> Cx<'_, A> {
@@ -911,6 +937,7 @@ fn drive<A: App, S>(
                         stopping: cx.stopping,
                         unavailable: cx.unavailable,
                         extra_metrics: cx.extra_metrics,
+                        metrics_override: cx.metrics_override,
                     };
                     let next = routes::respond(&route, &req, client, conn.output(cx.spares));
                     match next {

@@ -47,6 +47,8 @@ pub(super) struct RouteCx<'a, A> {
     pub(super) unavailable: Option<&'static str>,
     /// Families the loop adds to `/metrics`.
     pub(super) extra_metrics: &'a str,
+    /// Served as `/metrics` instead of this endpoint's own (every worker's, merged).
+    pub(super) metrics_override: Option<&'a str>,
 }
 
 /// Answers one complete request from `client` into `out`.
@@ -86,14 +88,18 @@ pub(super) fn respond<A: App>(
         "/metrics" => {
             if cx.settings.metrics_allow.contains(&client) {
                 let mut body = String::with_capacity(4096);
-                super::write_metrics(
-                    cx.stats,
-                    cx.open,
-                    cx.stopping,
-                    cx.app,
-                    cx.extra_metrics,
-                    &mut body,
-                );
+                if let Some(all) = cx.metrics_override {
+                    body.push_str(all);
+                } else {
+                    super::write_metrics(
+                        cx.stats,
+                        cx.open,
+                        cx.stopping,
+                        cx.app,
+                        cx.extra_metrics,
+                        &mut body,
+                    );
+                }
                 let extra = "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
                              Cache-Control: no-store\r\n";
                 http::write_response(

@@ -14,6 +14,7 @@
 //! | `chatd_people_searching` | gauge | people in the waiting queue |
 //! | `chatd_pairs` | gauge | chats in progress |
 //! | `chatd_messages_relayed_total` | counter | chat messages relayed to a partner |
+//! | `chatd_messages_relayed_remote_total` | counter | of those, to a partner on another worker (through Redis) |
 //! | `chatd_matches_total` | counter | chats started |
 //! | `chatd_match_wait_seconds` | histogram | per matched person, search to match |
 //! | `chatd_errors_total{code}` | counter | `error` replies sent, by wire code (all codes) |
@@ -80,6 +81,8 @@ impl WaitHistogram {
 pub struct RouletteCounters {
     /// Chat messages relayed to a partner.
     pub messages_relayed: u64,
+    /// Of those, relayed to a partner on another worker (through Redis).
+    pub messages_relayed_remote: u64,
     /// Chats started.
     pub matches: u64,
     /// For each matched person (two per match): from the start of the search that made the
@@ -120,6 +123,12 @@ pub(super) fn write(out: &mut String, stats: RouletteStats, c: &RouletteCounters
         "chatd_messages_relayed_total",
         "Chat messages relayed to a partner.",
         c.messages_relayed,
+    );
+    counter(
+        out,
+        "chatd_messages_relayed_remote_total",
+        "Chat messages relayed to a partner on another worker, through Redis (the rest stayed local).",
+        c.messages_relayed_remote,
     );
     counter(out, "chatd_matches_total", "Chats started.", c.matches);
 
@@ -285,10 +294,10 @@ pub(crate) mod tests {
         }
         assert_eq!(m["chatd_match_wait_seconds_bucket{le=\"+Inf\"}"], 0.0);
         assert_eq!(m["chatd_match_wait_seconds_sum"], 0.0);
-        assert_eq!(m.len(), 3 + 2 + (WAIT_BUCKETS.len() + 1 + 2) + ErrorCode::ALL.len() + 3);
+        assert_eq!(m.len(), 3 + 3 + (WAIT_BUCKETS.len() + 1 + 2) + ErrorCode::ALL.len() + 3);
         assert!(m.values().all(|&v| v == 0.0));
         let families = out.lines().filter(|l| l.starts_with("# TYPE ")).count();
-        assert_eq!(families, 10);
+        assert_eq!(families, 11);
     }
 
     #[test]

@@ -548,6 +548,7 @@ impl Roulette {
         }
         p.typing = false;
         self.counters.messages_relayed += 1;
+        self.counters.messages_relayed_remote += u64::from(is_remote(partner));
         self.deliver(out, peer, partner, &ServerMessage::Message { text });
         Ok(())
     }
@@ -1314,8 +1315,8 @@ mod tests {
         assert_eq!(m["chatd_rate_limited_total"], 1.0);
         assert_eq!(m["chatd_abuse_closes_total"], 0.0);
         assert_eq!(m["chatd_binary_closes_total"], 0.0);
-        // Nothing else: 3 gauges, 2 counters, 12 buckets + sum + count, 7 codes, 3 counters.
-        assert_eq!(m.len(), 3 + 2 + 14 + 7 + 3);
+        // Nothing else: 3 gauges, 3 counters, 12 buckets + sum + count, 7 codes, 3 counters.
+        assert_eq!(m.len(), 3 + 3 + 14 + 7 + 3);
 
         // Ending the chat moves the gauges, not the counters.
         d.leave(2);
