@@ -199,6 +199,21 @@ fn account(config: &Config, defaults: bool) -> Result<Option<Account>, DaemonErr
     }
 }
 
+/// Step 4 of start-up: drops privileges, then builds the logger and systemd's notifier.
+fn drop_and_log(
+    config: &Config,
+    log_file: Option<&LogFile>,
+    account: Option<&Account>,
+) -> Result<(LevelSwitch, Logger, Notifier), String> {
+    if let Some(acct) = account {
+        daemon::drop_privileges(acct).map_err(|e| e.to_string())?;
+    }
+    let level = LevelSwitch::new(config.log_level.to_slog());
+    let log = log::build(config.log_format, &level, log_file);
+    let notifier = Notifier::from_env().map_err(|e| format!("NOTIFY_SOCKET: {e}"))?;
+    Ok((level, log, notifier))
+}
+
 /// Steps 4 and 5 of start-up (drop privileges, then build the loop) and the loop itself.
 fn serve(
     config: Config,
@@ -209,12 +224,7 @@ fn serve(
     ready: &mut Readiness,
     detached: bool,
 ) -> Result<(), String> {
-    if let Some(acct) = account {
-        daemon::drop_privileges(acct).map_err(|e| e.to_string())?;
-    }
-    let level = LevelSwitch::new(config.log_level.to_slog());
-    let log = log::build(config.log_format, &level, log_file.as_ref());
-    let notifier = Notifier::from_env().map_err(|e| format!("NOTIFY_SOCKET: {e}"))?;
+    let (level, log, notifier) = drop_and_log(&config, log_file.as_ref(), account)?;
     if config.user.is_none() && account.is_some() {
         warn!(
             log,
@@ -238,13 +248,9 @@ fn supervise(
 ) -> Result<(), String> {
     // Before any worker exists: no worker ever runs (or accepts a connection) as root, and none
     // changes its user id later, which would clear the parent-death signal it sets.
-    if let Some(acct) = account {
-        daemon::drop_privileges(acct).map_err(|e| e.to_string())?;
-    }
-    let level = LevelSwitch::new(config.log_level.to_slog());
-    let log = log::build(config.log_format, &level, log_file.as_ref());
-    // Taken out of the environment here: only the master talks to systemd (NotifyAccess=main).
-    let notifier = Notifier::from_env().map_err(|e| format!("NOTIFY_SOCKET: {e}"))?;
+    // The notifier takes NOTIFY_SOCKET out of the environment: only the master talks to
+    // systemd (NotifyAccess=main).
+    let (level, log, notifier) = drop_and_log(&config, log_file.as_ref(), account)?;
     let control = Control { level, log_file, notifier };
     let workers = listeners.len();
     let master =

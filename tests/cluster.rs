@@ -53,14 +53,20 @@ fn search(c: &mut Chat, interests: &[&str]) {
     c.expect(json!({"type": "searching"}));
 }
 
-#[test]
-fn people_on_two_nodes_are_paired_and_chat_in_order() {
-    let (_redis, a, b) = two_nodes("rate_burst = 200\nrate_per_second = 100.0");
+/// A person on each node, paired.
+fn pair_across(a: &Server, b: &Server) -> (Chat, Chat) {
     let mut x = Chat::connect(a.addr());
     let mut y = Chat::connect(b.addr());
     search(&mut x, &[]);
     search(&mut y, &[]);
     expect_pair(&mut x, &mut y, json!([]));
+    (x, y)
+}
+
+#[test]
+fn people_on_two_nodes_are_paired_and_chat_in_order() {
+    let (_redis, a, b) = two_nodes("rate_burst = 200\nrate_per_second = 100.0");
+    let (mut x, mut y) = pair_across(&a, &b);
     for i in 0..50 {
         x.say(&format!("x{i}"));
         y.say(&format!("y{i}"));
@@ -107,11 +113,7 @@ fn interests_and_their_timeout_hold_across_nodes() {
 #[test]
 fn a_parted_pair_is_not_paired_again_within_the_cooldown() {
     let (_redis, a, b) = two_nodes("rematch_cooldown = \"2s\"");
-    let mut x = Chat::connect(a.addr());
-    let mut y = Chat::connect(b.addr());
-    search(&mut x, &[]);
-    search(&mut y, &[]);
-    expect_pair(&mut x, &mut y, json!([]));
+    let (mut x, mut y) = pair_across(&a, &b);
     search(&mut x, &[]);
     y.expect(json!({"type": "partner_left", "reason": "next"}));
     search(&mut y, &[]);
@@ -152,11 +154,7 @@ fn nobody_is_paired_with_themself_and_the_online_count_is_global() {
 #[test]
 fn a_killed_node_is_noticed_within_5s_and_its_searchers_are_never_matched() {
     let (_redis, a, b) = two_nodes("");
-    let mut x = Chat::connect(a.addr());
-    let mut y = Chat::connect(b.addr());
-    search(&mut x, &[]);
-    search(&mut y, &[]);
-    expect_pair(&mut x, &mut y, json!([]));
+    let (mut x, _y) = pair_across(&a, &b);
     let mut ghost = Chat::connect(b.addr());
     search(&mut ghost, &[]);
     thread::sleep(Duration::from_millis(200));
