@@ -628,7 +628,7 @@ impl ClusterIo {
                 }
                 LinkEvent::Down { failed, reason } => {
                     self.commands.socket = None;
-                    debug!(log, "redis link down"; "link" => "commands", "reason" => %reason);
+                    warn!(log, "redis link down"; "link" => "commands", "reason" => %reason);
                     self.node.handle_down(failed);
                 }
                 LinkEvent::Message { .. } | LinkEvent::Subscribed { .. } => {}
@@ -645,7 +645,7 @@ impl ClusterIo {
                 // Without the channel, matches and lines from elsewhere would be lost.
                 LinkEvent::Down { reason, .. } => {
                     self.subscriber.socket = None;
-                    debug!(log, "redis link down"; "link" => "subscriber", "reason" => %reason);
+                    warn!(log, "redis link down"; "link" => "subscriber", "reason" => %reason);
                     self.node.handle_down([]);
                 }
                 LinkEvent::Reply { .. } | LinkEvent::Subscribed { .. } => {}
@@ -681,7 +681,7 @@ impl ClusterIo {
         while let Some((tag, args)) = self.node.poll_command() {
             let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
             if self.commands.link.send(now, tag.clone(), &args).is_err() {
-                self.node.count_refused();
+                self.node.handle_refused();
                 if let Tag::Search(peer) = tag {
                     let event = ClusterEvent::SearchFailed { peer };
                     endpoint.with_app(|app, out| app.handle_cluster_event(now, event, out));

@@ -21,6 +21,12 @@ use crate::{app::PeerId, metrics};
 pub const SCRIPT: &str = include_str!("roulette.lua");
 /// How often a worker says it is alive (and learns the crowd's size).
 pub const BEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// Commands in flight to Redis at once. A burst of searches waits here, not in Redis' queue
+/// behind which the heartbeat would wait (a heartbeat late by 3 s makes the others forget this
+/// worker), and not in the link's buffers.
+pub(super) const MAX_IN_FLIGHT: usize = 64;
+/// Commands waiting here at most; past it a search is failed back (and made again later).
+pub(super) const MAX_WAITING: usize = 20_000;
 /// Largest record accepted from a channel, and largest channel message.
 const MAX_RECORD: usize = 1 << 20;
 const MAX_MESSAGE: usize = 8 << 20;
@@ -184,6 +190,8 @@ pub struct Node {
     rematch_cooldown: Duration,
     /// Commands to send, in order.
     commands: VecDeque<(Tag, Vec<Vec<u8>>)>,
+    /// Commands sent and not answered yet.
+    in_flight: usize,
     /// Records for each destination worker this turn.
     batches: BTreeMap<String, Vec<u8>>,
     events: VecDeque<Event>,
@@ -213,6 +221,7 @@ impl Node {
             interest_timeout,
             rematch_cooldown,
             commands: VecDeque::new(),
+            in_flight: 0,
             batches: BTreeMap::new(),
             events: VecDeque::new(),
             next_beat: None,
@@ -256,6 +265,7 @@ impl Node {
         }
         self.loaded = false;
         self.commands.clear();
+        self.in_flight = 0;
         self.batches.clear();
         self.commands
             .push_back((Tag::Load, vec![b"SCRIPT".to_vec(), b"LOAD".to_vec(), SCRIPT.into()]));
@@ -271,6 +281,7 @@ impl Node {
             }
         }
         self.commands.clear();
+        self.in_flight = 0;
         self.batches.clear();
         self.next_beat = None;
         if self.stats.up {
@@ -309,13 +320,13 @@ impl Node {
                 args.push(self.rematch_cooldown.as_millis().to_string().into_bytes());
                 args.push(interests.len().to_string().into_bytes());
                 args.extend(interests.into_iter().map(String::into_bytes));
-                self.commands.push_back((Tag::Search(peer), args));
+                self.queue(Tag::Search(peer), args);
             }
             Op::Cancel { peer } => {
                 self.flush_batches();
                 let mut args = self.script_args("cancel");
                 args.push(self.key(peer).into_bytes());
-                self.commands.push_back((Tag::Other, args));
+                self.queue(Tag::Other, args);
             }
             Op::Part { peer, partner, reason } => {
                 self.flush_batches();
@@ -323,7 +334,7 @@ impl Node {
                 args.push(self.key(peer).into_bytes());
                 args.push(partner.into_bytes());
                 args.push(reason.unwrap_or("").as_bytes().to_vec());
-                self.commands.push_back((Tag::Other, args));
+                self.queue(Tag::Other, args);
             }
         }
     }
@@ -332,14 +343,38 @@ impl Node {
     pub fn flush_batches(&mut self) {
         for (worker, batch) in std::mem::take(&mut self.batches) {
             let channel = format!("{}{worker}", self.channel_prefix);
-            self.commands
-                .push_back((Tag::Other, vec![b"PUBLISH".to_vec(), channel.into_bytes(), batch]));
+            self.queue(Tag::Other, vec![b"PUBLISH".to_vec(), channel.into_bytes(), batch]);
         }
     }
 
     /// The next command for the link.
+    ///
+    /// At most [`MAX_IN_FLIGHT`] commands are out at once; the rest wait here, in order.
     pub fn poll_command(&mut self) -> Option<(Tag, Vec<Vec<u8>>)> {
-        self.commands.pop_front()
+        if self.in_flight >= MAX_IN_FLIGHT {
+            return None;
+        }
+        let command = self.commands.pop_front()?;
+        self.in_flight += 1;
+        Some(command)
+    }
+
+    /// A command the link refused (full): it is not in flight.
+    pub fn handle_refused(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.stats.refused += 1;
+    }
+
+    /// Queues a command; past [`MAX_WAITING`] a search is failed back instead.
+    fn queue(&mut self, tag: Tag, args: Vec<Vec<u8>>) {
+        if self.commands.len() >= MAX_WAITING {
+            self.stats.refused += 1;
+            if let Tag::Search(peer) = tag {
+                self.events.push_back(Event::SearchFailed { peer });
+            }
+            return;
+        }
+        self.commands.push_back((tag, args));
     }
 
     /// The next event for the roulette.
@@ -366,11 +401,18 @@ impl Node {
             args.push(self.key(*peer).into_bytes());
             args.push(partner.clone().into_bytes());
         }
-        self.commands.push_back((Tag::Beat, args));
+        // The heartbeat goes first (ordering does not concern it, lateness does), once the
+        // script is loaded.
+        if self.loaded {
+            self.commands.push_front((Tag::Beat, args));
+        } else {
+            self.commands.push_back((Tag::Beat, args));
+        }
     }
 
     /// A reply to the command tagged `tag`, after `rtt`.
     pub fn handle_reply(&mut self, tag: Tag, value: Value, rtt: Duration) {
+        self.in_flight = self.in_flight.saturating_sub(1);
         let i = RTT_BUCKETS.iter().position(|&(b, _)| rtt <= b).unwrap_or(RTT_BUCKETS.len());
         self.stats.rtt[i] += 1;
         self.stats.rtt_sum += rtt;
@@ -482,11 +524,6 @@ impl Node {
         metrics::sample(out, &format!("{name}_bucket"), &[("le", "+Inf")], count);
         metrics::sample(out, &format!("{name}_sum"), &[], metrics::Seconds(s.rtt_sum));
         metrics::sample(out, &format!("{name}_count"), &[], count);
-    }
-
-    /// Counts a command the link refused.
-    pub fn count_refused(&mut self) {
-        self.stats.refused += 1;
     }
 
     /// Whether the script was loaded on this connection (commands wait for it).

@@ -81,13 +81,16 @@ local function reap(worker)
 end
 
 -- The first waiter of zset `key` that `peer` may take: not itself, not a recent partner, on a
--- live worker. Returns peer, seq, and the earliest parting that blocked one (or nil).
+-- live worker. A waiter of a dead worker makes the whole worker forgotten at once (so one
+-- search never steps over its waiters one by one). Returns peer, seq, and the earliest
+-- parting that blocked one (or nil).
 local function first_eligible(key, peer, cooldown)
   local blocked
   local start = 0
   while true do
     local got = redis.call('ZRANGE', key, start, start + SCAN - 1, 'WITHSCORES')
     if #got == 0 then return nil, nil, blocked end
+    local reaped = false
     for i = 1, #got, 2 do
       local cand, seq = got[i], tonumber(got[i + 1])
       if cand ~= peer then
@@ -97,10 +100,15 @@ local function first_eligible(key, peer, cooldown)
           if not blocked or p < blocked then blocked = p end
         elseif is_alive(worker_of(cand)) then
           return cand, seq, blocked
+        else
+          reap(worker_of(cand))
+          reaped = true
+          break
         end
       end
     end
-    start = start + SCAN
+    -- After a reap the set changed under the page: look again from where it stood.
+    if not reaped then start = start + SCAN end
   end
 end
 
@@ -112,6 +120,8 @@ if op == 'search' then
   local ints = {}
   for i = 1, n do ints[i] = ARGV[8 + i] end
   redis.call('ZREMRANGEBYSCORE', B .. ':parted', '-inf', now - cooldown)
+  -- A search shows its worker alive (its first heartbeat may still be on the way).
+  redis.call('ZADD', B .. ':alive', now, worker)
   -- A repeated search keeps its place and its interest deadline, and replaces its interests.
   local old = unqueue(peer)
   local seq, since, was_open

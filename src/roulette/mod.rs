@@ -664,7 +664,6 @@ impl Roulette {
             p.state = ChatState::Chatting(partner);
             p.typing = false;
         }
-        self.counters.matches += 1;
         self.counters.match_wait.observe(waited);
         let interests = Interests::parse(common.iter().map(String::as_str)).unwrap_or_default();
         send(out, peer, &ServerMessage::Matched { common_interests: &interests });
@@ -686,8 +685,9 @@ impl Roulette {
                     self.start_cluster_chat(peer, partner_id, &common, waited, out);
                     if partner_local {
                         self.start_cluster_chat(partner_id, peer, &common, partner_waited, out);
-                        self.counters.matches -= 1;
                     }
+                    // Counted once, by the searcher's worker (the waiter's does not).
+                    self.counters.matches += 1;
                     self.pairs += 1;
                     return;
                 }
