@@ -178,6 +178,97 @@ def figures(r):
     return {k: v for k, v in out.items() if v is not None}
 
 
+def match_cell(r, qs=("p50", "p99")):
+    m = r.get("match_us") or {}
+    return " / ".join(ms(m.get(q)) for q in qs) if m.get("count") else "-"
+
+
+def total(r):
+    return r.get("total") or {}
+
+
+# --- cluster rows (scenarios 7, 8, 9) ---------------------------------------------------------
+def cluster_rows(runs):
+    out = []
+    r = runs.get("crowd")
+    if r:
+        w, red = r.get("workers_kib_per_conn") or {}, r.get("redis_kib_per_conn") or {}
+        refused = r.get("failed") or 0
+        load = (f"{r.get('conns', 0):,} WebSockets on one host: chatd `workers = {r.get('workers')}` "
+                f"(20,000 descriptors each) with a local Redis, {r.get('generators')} generators; "
+                f"idle (welcome read), then everyone searches ({n0(r.get('search_rate'))} searches/s)")
+        seen = r.get("per_worker_seen")
+        result = (f"{r.get('ready', 0):,} open"
+                  + (f" ({refused:,} refused: a worker was full)" if refused else "")
+                  + f", connected in {r.get('connect_s', 0):.1f} s; {r.get('matched', 0):,} matched "
+                  f"in {r.get('pair_s', 0):.1f} s; RSS per connection: workers "
+                  f"{kib(w.get('idle'))} KiB idle, {kib(w.get('paired'))} paired; Redis "
+                  f"{kib(red.get('idle'))} idle, {kib(red.get('paired'))} paired; pairs across "
+                  f"workers {n0(r.get('cross_matches'))} of {n0(r.get('matches'))}"
+                  + (f" (the {seen} workers /metrics could reach)" if seen and seen < r.get("workers", 0) else ""))
+        cores = r.get("other_load_cores")
+        md = ["7 crowd", load, result, "-", "-",
+              "search to matched " + " / ".join(ms((r.get("match_us") or {}).get(q))
+                                                for q in ("p50", "p99", "p999", "max")),
+              "-", "-" if cores is None else f"other load {cores:.2f} cores"]
+        out.append((md, {"scenario": "crowd", "title": "7 crowd", "load": load,
+                         "chatd": {k: r.get(k) for k in (
+                             "conns", "ready", "failed", "matched", "connect_s", "pair_s",
+                             "workers_kib_per_conn", "redis_kib_per_conn", "matches",
+                             "cross_matches", "match_us", "other_load_cores", "search_rate")},
+                         "peers": {}, "best": None}))
+    for w, title in ((8, "8 relay across nodes, 8 in flight"), (1, "8 relay across nodes, 1 in flight")):
+        r, one = runs.get(f"cluster-relay-w{w}"), runs.get(f"relay-w{w}")
+        if not r:
+            continue
+        cl = r.get("cluster") or {}
+        red = r.get("redis") or {}
+        load = (f"scenario 1's load ({(r.get('conns') or 0) // 2} pairs, {w} in flight) with each "
+                f"pair's sides on two chatd nodes sharing one Redis, all three on core 0 "
+                f"({n0(cl.get('cross_pairs'))} of {n0(cl.get('pairs'))} pairs across)")
+        result = (f"{n0(r.get('msgs_per_s'))} msgs/s, {n0(total(r).get('msgs_per_cpu_s'))} per "
+                  f"CPU-s of both nodes and Redis (Redis {pct(red.get('cpu_pct'))} of a core), "
+                  f"{lost(r):,} lost")
+        best = "-"
+        if one:
+            best = (f"one process (scenario 1): {n0(one.get('msgs_per_s'))} msgs/s, "
+                    f"{n0(server(one).get('msgs_per_cpu_s'))} per CPU-s; across nodes "
+                    f"{fmt_ratio(ratio(r.get('msgs_per_s'), one.get('msgs_per_s')))} its msgs/s, "
+                    f"{fmt_ratio(ratio(total(r).get('msgs_per_cpu_s'), server(one).get('msgs_per_cpu_s')))} "
+                    f"per CPU-s")
+        md = [title, load, result, "-", best, latency_cell(r), pct(total(r).get("cpu_pct")),
+              "/".join(wait_pct(x) for x in waits(r))]
+        out.append((md, {"scenario": f"cluster-relay-w{w}", "title": title, "load": load,
+                         "chatd": dict(figures(r), total=total(r), redis=red, cluster=cl),
+                         "one_process": figures(one) if one else None, "peers": {}, "best": None}))
+    r = runs.get("cluster-churn")
+    if r:
+        cl = r.get("cluster") or {}
+        one = runs.get("churn")
+        load = (f"{r.get('conns', 0)} concurrent connect-search-chat-close cycles, half the clients "
+                f"on each of two chatd nodes sharing one Redis (all three on core 0)")
+        result = (f"{n0(r.get('searches_per_s'))} searches/s matched, search to matched p50 / p99 "
+                  f"{match_cell(r)} ms; {n0(total(r).get('msgs_per_cpu_s'))} cycles per CPU-s of "
+                  f"both nodes and Redis; pairs across nodes {n0(cl.get('cross_pairs'))} of "
+                  f"{n0(cl.get('pairs'))}; {r.get('errors', 0):,} errors")
+        best = "-"
+        if one:
+            best = (f"one process (scenario 4): {n0(one.get('cycles_per_s'))} searches/s, "
+                    f"search to matched {match_cell(one)} ms")
+        md = ["9 pairing across nodes", load, result, "-", best,
+              "search to matched " + " / ".join(ms((r.get("match_us") or {}).get(q))
+                                                for q in ("p50", "p99", "p999", "max")),
+              pct(total(r).get("cpu_pct")), "/".join(wait_pct(x) for x in waits(r))]
+        out.append((md, {"scenario": "cluster-churn", "title": "9 pairing across nodes",
+                         "load": load,
+                         "chatd": dict(figures(r), searches_per_s=r.get("searches_per_s"),
+                                       match_ms={q: (r.get("match_us") or {}).get(q, 0) / 1000
+                                                 for q in ("p50", "p90", "p99", "p999", "max")},
+                                       total=total(r), cluster=cl),
+                         "one_process": figures(one) if one else None, "peers": {}, "best": None}))
+    return out
+
+
 # --- rows -------------------------------------------------------------------------------------
 def compare(runs, prefix, metrics, load, title, scenario):
     """One row of servers side by side: chatd's echo example (or chatd) and its peers.
@@ -322,11 +413,14 @@ def rows(runs):
                 else "LEAKED: " + json.dumps(after.get("metrics")) if after else "not checked")
         load = f"{r.get('conns', 0)} concurrent connect-search-chat-close cycles; cycle time"
         result = (f"{n0(r.get('cycles_per_s'))} cycles/s, {n0(server(r).get('msgs_per_cpu_s'))} "
-                  f"per CPU-s, {r.get('errors', 0):,} errors, {left}")
+                  f"per CPU-s, {r.get('errors', 0):,} errors, {left}; search to matched "
+                  f"{match_cell(r)} ms")
         md, row = chatd_row(r, "churn", "4 churn", load, result, lat_key="cycle_us",
                             extra={"cycles_per_s": r.get("cycles_per_s"), "after": after})
         md[5] = "cycle " + md[5]
         out.append((md, row))
+
+    out += cluster_rows(runs)
 
     c = runs.get("page-chatd")
     nginx = [(lab, name, runs[lab]) for lab, name in NGINX if lab in runs]
@@ -417,7 +511,9 @@ def main():
               "growth per open connection. Latency and CPU are chatd's (page: wrk's p50 / p99 / - / "
               "max). wait % s/g: how long the server / the generator was ready to run while "
               f"another process had its core; \"waited for a core\" marks a peer run over "
-              f"{WAIT_MARK_PCT:.0f}%."]
+              f"{WAIT_MARK_PCT:.0f}%. Rows 8 and 9: both chatd nodes and Redis on core 0, their "
+              "CPU summed (server CPU and per CPU-s), and wait summed over the three. Row 7 pins "
+              "nothing; other load: the cores the machine's other work used meanwhile."]
     text = "\n".join(lines) + "\n"
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write(text)

@@ -10,7 +10,7 @@ use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     os::fd::FromRawFd,
     sync::{
-        atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::*},
+        atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::*},
         Arc,
     },
     time::{Duration, Instant},
@@ -47,12 +47,21 @@ pub enum Mode {
     Churn,
 }
 
+/// One server to connect to (`--url`, given once or more).
+#[derive(Debug)]
+pub struct Target {
+    pub addr: SocketAddrV4,
+    pub host: String,
+    pub path: String,
+}
+
 /// The run's settings, shared by every thread.
 #[derive(Debug)]
 pub struct Cfg {
-    pub target: SocketAddrV4,
-    pub host: String,
-    pub path: String,
+    /// Connection number `g` (counted over every thread) goes to `targets[g % len]`: with two
+    /// nodes, half the connections at each, and the two sides of a pair (`2p`, `2p + 1`) on
+    /// different nodes.
+    pub targets: Vec<Target>,
     pub mode: Mode,
     pub conns: usize,
     pub sources: Vec<Ipv4Addr>,
@@ -63,6 +72,16 @@ pub struct Cfg {
     pub window: usize,
     /// Connect (and pair) only; send nothing.
     pub idle: bool,
+    /// Chat: connection `g` searches with the interest `p{g / 2}`, shared with its pair's other
+    /// side only, so that `2p` and `2p + 1` are matched with each other (a shared interest beats
+    /// waiting time): with two `--url`s each pair spans the two nodes.
+    pub pair_interests: bool,
+    /// Chat: connect and read `welcome`, then wait for [`Shared::search_go`] before searching
+    /// (a crowd: first idle, then paired).
+    pub hold_search: bool,
+    /// `hold_search`: searches per second this process sends after the go (spread over its
+    /// threads by their share of the connections); 0 = all at once.
+    pub search_rate: f64,
 }
 
 /// What the threads and the main thread share: the phase, the measurement window and live
@@ -70,8 +89,13 @@ pub struct Cfg {
 #[derive(Debug, Default)]
 pub struct Shared {
     pub phase: AtomicU8,
+    /// Connections ready: matched (chat), open (echo), or with `hold_search` welcomed.
     pub ready: AtomicUsize,
     pub failed: AtomicUsize,
+    /// Chat: connections that got `matched` (with `hold_search`, after the go).
+    pub matched: AtomicUsize,
+    /// `hold_search`: set once; every welcomed connection then searches.
+    pub search_go: AtomicBool,
     /// When sending starts: the closed loop's kick and the open loop's schedule origin.
     pub run_ns: AtomicU64,
     /// The measurement window: throughput counts receptions in it, latency counts messages
@@ -100,6 +124,9 @@ pub fn now_ns(base: Instant) -> u64 {
 pub struct Outcome {
     pub latency: Histogram<u64>,
     pub cycle: Histogram<u64>,
+    /// From sending `search` to reading `matched` (chat, churn), per connection; churn counts
+    /// searches sent in the window.
+    pub matching: Histogram<u64>,
     pub sent: u64,
     pub received: u64,
     pub window_msgs: u64,
@@ -108,6 +135,8 @@ pub struct Outcome {
     pub partner_left: u64,
     pub server_closes: u64,
     pub cycles: u64,
+    /// `matched` read for a search sent in the window (churn) or at any time (chat).
+    pub searches: u64,
     pub open_at_end: usize,
 }
 
@@ -120,6 +149,10 @@ pub fn histogram() -> Histogram<u64> {
 enum St {
     Connecting,
     Upgrading,
+    /// `hold_search`: upgraded, `welcome` not read yet.
+    AwaitWelcome,
+    /// `hold_search`: welcomed, waiting for the go to search.
+    Held,
     AwaitMatch,
     Ready,
     /// Churn: our message is out, waiting for the partner's.
@@ -138,6 +171,8 @@ struct Conn {
     dirty: bool,
     /// When this connection's connect began (churn: the cycle's start).
     born_ns: u64,
+    /// When it sent `search`.
+    search_ns: u64,
 }
 
 /// Why a connection is given up.
@@ -153,6 +188,8 @@ struct Worker {
     shared: Arc<Shared>,
     base: Instant,
     id: usize,
+    /// The number (over every thread) of this thread's first connection.
+    first: usize,
     poll: Poll,
     conns: Vec<Option<Conn>>,
     /// Slots to (re)open after this loop turn (churn), or not yet opened.
@@ -176,12 +213,20 @@ struct Worker {
 }
 
 /// Runs one thread's share (`count` connections) until the main thread says `EXIT`.
-pub fn run(cfg: Arc<Cfg>, shared: Arc<Shared>, base: Instant, id: usize, count: usize) -> Outcome {
+pub fn run(
+    cfg: Arc<Cfg>,
+    shared: Arc<Shared>,
+    base: Instant,
+    id: usize,
+    first: usize,
+    count: usize,
+) -> Outcome {
     let mut w = Worker {
         cfg,
         shared,
         base,
         id,
+        first,
         poll: Poll::new().expect("epoll"),
         conns: (0..count).map(|_| None).collect(),
         to_open: (0..count).rev().collect(),
@@ -197,6 +242,7 @@ pub fn run(cfg: Arc<Cfg>, shared: Arc<Shared>, base: Instant, id: usize, count: 
         out: Outcome {
             latency: histogram(),
             cycle: histogram(),
+            matching: histogram(),
             sent: 0,
             received: 0,
             window_msgs: 0,
@@ -205,6 +251,7 @@ pub fn run(cfg: Arc<Cfg>, shared: Arc<Shared>, base: Instant, id: usize, count: 
             partner_left: 0,
             server_closes: 0,
             cycles: 0,
+            searches: 0,
             open_at_end: 0,
         },
         unpublished: [0; 5],
@@ -226,11 +273,40 @@ impl Worker {
         let mut rr = 0usize;
         let mut interval_ns = 0.0f64;
         let mut run_ns = 0u64;
+        // hold_search: searches sent since the go, when the go came, the next slot to look at.
+        let (mut searched, mut go_ns, mut next_slot) = (0usize, None::<u64>, 0usize);
         loop {
             self.phase = self.shared.phase.load(Acquire);
             self.now = now_ns(self.base);
             if self.phase == EXIT {
                 break;
+            }
+            if self.cfg.hold_search
+                && next_slot < self.conns.len()
+                && self.shared.search_go.load(Acquire)
+            {
+                let go = *go_ns.get_or_insert(self.now);
+                let allowed = if self.cfg.search_rate > 0.0 {
+                    let share =
+                        self.cfg.search_rate * self.conns.len() as f64 / self.cfg.conns as f64;
+                    1 + ((self.now - go) as f64 / 1e9 * share) as usize
+                } else {
+                    usize::MAX
+                };
+                while searched < allowed && next_slot < self.conns.len() {
+                    let slot = next_slot;
+                    next_slot += 1;
+                    let Some(mut c) = self.conns[slot].take() else { continue };
+                    if c.st == St::Held {
+                        searched += 1;
+                        self.search(slot, &mut c);
+                        if !c.dirty {
+                            c.dirty = true;
+                            self.dirty.push(slot);
+                        }
+                    }
+                    self.conns[slot] = Some(c);
+                }
             }
             if self.phase >= RUN && !kicked {
                 kicked = true;
@@ -353,10 +429,14 @@ impl Worker {
         }
     }
 
+    fn target(&self, slot: usize) -> &Target {
+        &self.cfg.targets[(self.first + slot) % self.cfg.targets.len()]
+    }
+
     fn open(&mut self, slot: usize) {
         let src = self.cfg.sources[(self.opened * 7 + self.id) % self.cfg.sources.len()];
         self.opened += 1;
-        match connect(src, self.cfg.target) {
+        match connect(src, self.target(slot).addr) {
             Ok(mut stream) => {
                 if let Err(e) = self.poll.registry().register(
                     &mut stream,
@@ -375,6 +455,7 @@ impl Worker {
                     writable: false,
                     dirty: false,
                     born_ns: self.now,
+                    search_ns: 0,
                 });
             }
             Err(e) => self.fail_connect(format!("connect from {src}: {e}")),
@@ -404,7 +485,8 @@ impl Worker {
             return self.drop_conn(slot, Gone::Error(format!("connect: {e}")));
         }
         c.st = St::Upgrading;
-        ws::write_upgrade(&mut c.wbuf, &self.cfg.host, &self.cfg.path);
+        let t = &self.cfg.targets[(self.first + slot) % self.cfg.targets.len()];
+        ws::write_upgrade(&mut c.wbuf, &t.host, &t.path);
         self.mark_dirty(slot);
     }
 
@@ -477,7 +559,7 @@ impl Worker {
                     Ok(Some(n)) => {
                         pos += n;
                         self.connecting -= 1;
-                        self.on_open(c);
+                        self.on_open(slot, c);
                         continue;
                     }
                     Err(e) => return Err(e.to_owned()),
@@ -513,17 +595,31 @@ impl Worker {
         }
     }
 
-    fn on_open(&mut self, c: &mut Conn) {
+    fn on_open(&mut self, slot: usize, c: &mut Conn) {
         match self.cfg.mode {
             Mode::Echo => {
                 c.st = St::Ready;
                 self.shared.ready.fetch_add(1, Relaxed);
             }
-            Mode::Chat | Mode::Churn => {
-                c.st = St::AwaitMatch;
-                let mask = self.mask.next();
-                ws::encode_masked(&mut c.wbuf, OpCode::Text, br#"{"type":"search"}"#, mask);
-            }
+            Mode::Chat if self.cfg.hold_search => c.st = St::AwaitWelcome,
+            Mode::Chat | Mode::Churn => self.search(slot, c),
+        }
+    }
+
+    /// Sends `search` (with the pair's interest under `pair_interests`).
+    fn search(&mut self, slot: usize, c: &mut Conn) {
+        c.st = St::AwaitMatch;
+        c.search_ns = self.now;
+        let mask = self.mask.next();
+        if self.cfg.pair_interests {
+            let mut text = [0u8; 80];
+            let mut w = &mut text[..];
+            let _ =
+                write!(w, r#"{{"type":"search","interests":["p{}"]}}"#, (self.first + slot) / 2);
+            let len = 80 - w.len();
+            ws::encode_masked(&mut c.wbuf, OpCode::Text, &text[..len], mask);
+        } else {
+            ws::encode_masked(&mut c.wbuf, OpCode::Text, br#"{"type":"search"}"#, mask);
         }
     }
 
@@ -539,7 +635,20 @@ impl Worker {
         }
         if payload.starts_with(br#"{"type":"matched""#) {
             if c.st == St::AwaitMatch {
+                let wait = self.now.saturating_sub(c.search_ns).max(1);
+                let counts = self.cfg.mode == Mode::Chat
+                    || (c.search_ns >= self.start_ns && c.search_ns < self.stop_ns);
+                if counts {
+                    let _ = self.out.matching.record(wait);
+                    self.out.searches += 1;
+                }
+                self.shared.matched.fetch_add(1, Relaxed);
                 self.connecting_done_match(c);
+            }
+        } else if payload.starts_with(br#"{"type":"welcome""#) {
+            if c.st == St::AwaitWelcome {
+                c.st = St::Held;
+                self.shared.ready.fetch_add(1, Relaxed);
             }
         } else if payload.starts_with(br#"{"type":"error""#) {
             self.error(String::from_utf8_lossy(payload).into_owned());
@@ -566,7 +675,9 @@ impl Worker {
             }
             _ => {
                 c.st = St::Ready;
-                self.shared.ready.fetch_add(1, Relaxed);
+                if !self.cfg.hold_search {
+                    self.shared.ready.fetch_add(1, Relaxed);
+                }
             }
         }
     }
@@ -680,9 +791,15 @@ impl Worker {
         let _ = self.poll.registry().deregister(&mut c.stream);
         if matches!(c.st, St::Connecting | St::Upgrading) {
             self.connecting -= 1;
-            if self.cfg.mode != Mode::Churn && self.phase == CONNECT {
-                self.shared.failed.fetch_add(1, Relaxed);
-            }
+        }
+        // Lost before it was ready (before `matched` in chat, `welcome` when holding): failed.
+        let unready = match c.st {
+            St::Connecting | St::Upgrading | St::AwaitWelcome => true,
+            St::AwaitMatch => !self.cfg.hold_search,
+            _ => false,
+        };
+        if unready && self.cfg.mode != Mode::Churn && self.phase == CONNECT {
+            self.shared.failed.fetch_add(1, Relaxed);
         }
         match gone {
             Gone::Done => {
