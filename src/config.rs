@@ -1,5 +1,8 @@
 //! Configuration: `chatd.toml` -> [`FileConfig`] (serde, every key optional, unknown keys refused)
 //! -> [`Config`] (defaults applied, values checked). The rest of the program sees only `Config`.
+//!
+//! Owns: reading, checking and defaulting the configuration file. May not touch: anything
+//! that runs (it is read at start, by `-t` and on reload).
 use std::{
     fmt,
     net::{IpAddr, SocketAddr},

@@ -5,6 +5,8 @@
 //! privileges, then build the loop. Detaching reports back through a pipe, so the command that
 //! started the daemon exits 0 only once the daemon serves, and non-zero with the daemon's own
 //! message if it failed on the way (the daemonize crate alone would exit 0 in both cases).
+//!
+//! Owns: detaching, the pid file, the privilege drop. May not touch: the event loop.
 use std::{
     ffi::{CStr, CString},
     fs::File,

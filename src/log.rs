@@ -1,6 +1,8 @@
 //! Logging: one root `slog::Logger` for the process, with a level that a reload can change while
 //! running. Lines go to the terminal (coloured), to stderr (plain, for journald) or to a log file
 //! that SIGUSR1 and SIGHUP reopen after rotation; as text or as one JSON object per line.
+//!
+//! Owns: the logger and the log file. May not touch: what is logged (callers decide).
 use std::{
     fs::{File, OpenOptions},
     io::{self, IsTerminal, Write},

@@ -1,4 +1,6 @@
 //! The `chatd` binary: arguments -> configuration -> logger -> page -> server loop.
+//!
+//! Owns: arguments and the order of start-up. May not touch: protocol code.
 use std::{path::PathBuf, process::ExitCode};
 
 use chatd::{

@@ -1,5 +1,7 @@
 //! systemd's readiness protocol (sd_notify): datagrams such as `READY=1` sent to the socket named
 //! by `$NOTIFY_SOCKET`. Without that variable every call does nothing.
+//!
+//! Owns: systemd's notify protocol. May not touch: anything else.
 use std::{io, os::unix::net::UnixDatagram};
 
 /// The notify socket, if systemd gave one.

@@ -1,5 +1,7 @@
 //! Signals as a mio event source (signal-hook-mio): the handler only records the signal; the
 //! loop reads what arrived and acts on it.
+//!
+//! Owns: turning signals into values. May not touch: what they cause (the loop acts).
 use std::io;
 
 use mio::{Interest, Registry, Token};

@@ -1,6 +1,8 @@
 //! The `Date` header (RFC 9110 §6.6.1): an origin server with a clock sends one on every
 //! response, in the IMF-fixdate form `Sun, 06 Nov 1994 08:49:37 GMT`. Formatted once per second
 //! by [`HttpDate::update`], copied into each response; no clock is read here.
+//!
+//! Owns: formatting. May not touch: the clock (the loop gives the seconds).
 
 /// The length of an IMF-fixdate.
 pub const DATE_LEN: usize = 29;

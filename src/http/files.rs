@@ -4,6 +4,9 @@
 //! A request path never touches the file system: it is decoded, checked component by component
 //! (only plain names pass) and looked up in the table. `web_root` is read once, at start and on
 //! reload; files reached through a symlink that leaves the root are left out of the table.
+//!
+//! Owns: the page in memory, and the only `std::fs` reads of the HTTP layer (start and reload).
+//! May not touch: requests' effects on connections.
 use std::{
     borrow::Cow,
     collections::HashMap,

@@ -7,6 +7,8 @@
 //! address a trusted proxy vouches for was written by the client and may be forged, so the walk
 //! goes from the right and stops at the first entry that is not itself a trusted proxy
 //! (the approach of nginx's `real_ip_recursive` and Caddy's `trusted_proxies`).
+//!
+//! Owns: judging X-Forwarded-For against trusted proxies. May not touch: sockets, config files.
 use std::{
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},

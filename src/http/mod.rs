@@ -1,6 +1,9 @@
 //! HTTP/1.1, just enough to serve the page and upgrade `/ws`: a request-head parser on top of
 //! httparse, canned responses with `Date`, the table of files, and the client's address behind
 //! a proxy. Sans-IO: bytes in, bytes out.
+//!
+//! Owns: the HTTP layer's error enum and its re-exports. May not touch: sockets, the clock,
+//! connection state.
 mod date;
 mod files;
 mod forwarded;

@@ -1,4 +1,6 @@
 //! The request head: httparse, with every size capped before anything is allocated.
+//!
+//! Owns: parsing one request head. May not touch: anything but the bytes it is given.
 use super::{HttpError, Result};
 
 /// Longest request head (request line and headers) accepted, in bytes. Larger: 414 or 431.

@@ -1,6 +1,8 @@
 //! Responses: a status line and headers written into the connection's output buffer. Every
 //! response carries `Date` (RFC 9110 §6.6.1), formatted once per second by the caller's
 //! [`HttpDate`].
+//!
+//! Owns: the bytes of a response. May not touch: connection state, the clock.
 use super::HttpDate;
 
 /// Headers sent with every response: no sniffing, a policy that lets the page load only its own

@@ -38,6 +38,8 @@
 //! Cooldowns are a `HashMap` keyed by the (ordered) pair plus a `VecDeque` in parting order.
 //! Since every pair gets the same cooldown, expiry order is parting order, and pruning is an
 //! amortised `O(1)` pop from the front. Memory is bounded by [`MAX_REMEMBERED_PARTINGS`].
+//!
+//! Owns: the in-process queue. May not touch: anything but its own state.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     time::{Duration, Instant},

@@ -21,6 +21,8 @@
 //! | `chatd_rate_limited_total` | counter | messages, typing events and searches dropped for rate |
 //! | `chatd_abuse_closes_total` | counter | connections closed with 1008 |
 //! | `chatd_binary_closes_total` | counter | connections closed with 1003 |
+//!
+//! Owns: the roulette's counters. May not touch: formatting rules (those are `crate::metrics`).
 use std::time::Duration;
 
 use super::{protocol::ErrorCode, RouletteStats};

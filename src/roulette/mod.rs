@@ -27,6 +27,9 @@
 //!   [`ERROR_PER_SECOND`]; when none is left the connection is closed with 1008. A person who
 //!   trips over an error now and then never gets near it; a script that floods invalid or
 //!   over-the-rate messages is cut off after about [`ERROR_BURST`] of them.
+//!
+//! Owns: the product's state per person and the chat lifecycle. May not touch: sockets, the
+//! clock, the daemon's configuration (it gets `ChatConfig`), Redis (it speaks `cluster::Op`).
 use std::{
     collections::{BTreeSet, HashMap, VecDeque},
     time::{Duration, Instant},

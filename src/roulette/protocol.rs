@@ -7,6 +7,8 @@
 //! known type (`unknown_type` for a type we do not know). Unknown fields are ignored, so that a
 //! newer client can talk to an older server. Outbound messages are always serialised by
 //! `serde_json`; user text is never spliced into JSON by hand.
+//!
+//! Owns: the JSON wire messages and the product's error enum. May not touch: state.
 use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};

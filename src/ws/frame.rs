@@ -1,5 +1,7 @@
 //! The frame codec (RFC 6455 §5.2): header parsing with every rule checked before the payload is
 //! awaited, and server frame encoding.
+//!
+//! Owns: frame headers and encoding. May not touch: message assembly or connection state.
 use super::{ProtocolError, Result};
 
 /// Frame opcodes.

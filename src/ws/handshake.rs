@@ -1,4 +1,6 @@
 //! The opening handshake, server side (RFC 6455 §4.2).
+//!
+//! Owns: judging an upgrade request and the accept key. May not touch: the response's delivery.
 use base64::{engine::general_purpose::STANDARD, Engine};
 use sha1::{Digest, Sha1};
 

@@ -1,4 +1,6 @@
 //! Client-to-server masking (RFC 6455 §5.3).
+//!
+//! Owns: masking. May not touch: anything else.
 
 /// XORs `buf` with the 4-byte `mask`, the pattern starting at `buf[0]`. Unmasking is the same
 /// operation. Works eight bytes at a time; the compiler turns the loop into SIMD.

@@ -1,5 +1,7 @@
 //! RFC 6455 WebSocket, server side, sans-IO: the opening handshake, the frame codec and the
 //! session that assembles messages and answers control frames.
+//!
+//! Owns: RFC 6455 rules, the close codes. May not touch: sockets, the clock, the application.
 mod frame;
 mod handshake;
 mod mask;

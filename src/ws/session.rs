@@ -8,6 +8,9 @@
 //! session's own, capped at `max_message` before each fragment is appended. Text is checked as
 //! it arrives: a fragment, and even the received part of an incomplete frame, that cannot begin
 //! valid UTF-8 fails the connection at once (RFC 6455 §8.1, "fail fast").
+//!
+//! Owns: one session's frames, messages, ping and close states. May not touch: deadlines (the
+//! endpoint decides when), sockets, the application.
 use super::{
     apply_mask, encode_close, encode_frame, is_valid_close_code, parse_header, OpCode,
     ProtocolError, Result,
