@@ -96,11 +96,16 @@ command -v ip >/dev/null || missing+=(iproute2)
 command -v unshare >/dev/null || missing+=(util-linux)
 command -v flock >/dev/null || missing+=(util-linux)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+command -v promtool >/dev/null || missing+=(prometheus) # promtool, for the role prometheus' files
 if [ ${#missing[@]} -gt 0 ]; then
     say "apt-get install ${missing[*]}"
     apt-get update -qq
+    # A policy-rc.d answering 101 keeps packages (prometheus) from starting their service here.
+    made_policy=''
+    [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; made_policy=1; }
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 \
         --no-install-recommends "${missing[@]}" >/dev/null
+    [ -z "$made_policy" ] || rm -f /usr/sbin/policy-rc.d
 fi
 want=$(sha256sum "$HERE/requirements.txt" | cut -d' ' -f1)
 if [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null || true)" != "$want" ]; then
@@ -129,6 +134,29 @@ phase "static checks"
 (cd "$ROOT" && ansible-playbook -i ansible/inventory.example.ini ansible/site.yml --syntax-check) ||
     die "ansible-playbook --syntax-check"
 "$VENV/bin/python" "$HERE/check_specs.py" || die "role variables (check_specs.py)"
+# The roles' templates rendered for a cluster inventory (two chatd, Redis and Prometheus) on this
+# machine; Prometheus' files checked by promtool, and the alerts tested on made-up series.
+RENDER=$(mktemp -d)
+(cd "$ROOT" && ANSIBLE_LOCAL_TEMP=$RENDER/.tmp ANSIBLE_HOME=$RENDER/.home ansible-playbook \
+    -i tests/ansible/render/inventory.ini tests/ansible/render/render.yml -e "out=$RENDER" \
+    -e chatd_cluster_password=render-test -e redis_chatd_password=render-test \
+    -e redis_exporter_password=render-test) >"$RENDER/render.log" 2>&1 ||
+    { cat "$RENDER/render.log" >&2; die "rendering the roles' templates (tests/ansible/render/render.yml)"; }
+promtool check config "$RENDER/prometheus/prometheus.yml" >"$RENDER/promtool.log" 2>&1 ||
+    { cat "$RENDER/promtool.log" >&2; die "promtool check config (role prometheus)"; }
+promtool check rules "$RENDER/prometheus/rules/chatd.yml" >>"$RENDER/promtool.log" 2>&1 ||
+    { cat "$RENDER/promtool.log" >&2; die "promtool check rules (role prometheus)"; }
+cp "$HERE/render/alerts.test.yml" "$RENDER/prometheus/"
+promtool test rules "$RENDER/prometheus/alerts.test.yml" >>"$RENDER/promtool.log" 2>&1 ||
+    { cat "$RENDER/promtool.log" >&2; die "promtool test rules (tests/ansible/render/alerts.test.yml)"; }
+grep -q 'redis = "redis://chatd@198.51.100.20:6379/0"' "$RENDER/chat-a.chatd.toml" &&
+    grep -q 'node = "chat-a"' "$RENDER/chat-a.chatd.toml" &&
+    grep -qF 'metrics_allow = ["127.0.0.1", "::1", "198.51.100.20"]' "$RENDER/chat-a.chatd.toml" ||
+    { cat "$RENDER/chat-a.chatd.toml" >&2; die "chatd.toml for a cluster inventory lacks the [cluster] table or the scraper"; }
+grep -qx 'bind 127.0.0.1 198.51.100.20' "$RENDER/store.redis.conf" && grep -qx 'save ""' "$RENDER/store.redis.conf" ||
+    die "redis.conf: not bound to loopback and the private address, or persistence on"
+say "ok: templates rendered for a cluster inventory; promtool check config, check rules and test rules pass"
+rm -rf "$RENDER"
 
 # ---- 3. the host ----------------------------------------------------------------------------------
 phase "debian 12 root (cached in $CACHE)"
