@@ -290,7 +290,12 @@ play_ok() {
     }
 }
 mainpid() { G "$1" systemctl show -p MainPID --value chatd; }
-wscheck() { L "$VENV/bin/python" "$HERE/wscheck.py" "$@" || die "wscheck $*"; }
+wscheck() { # exit 3 = the check stalled as a whole (wscheck.py): tried once more then
+    local rc=0
+    L "$VENV/bin/python" "$HERE/wscheck.py" "$@" || rc=$?
+    [ $rc = 3 ] && { say "wscheck stalled, once more: $*"; rc=0; L "$VENV/bin/python" "$HERE/wscheck.py" "$@" || rc=$?; }
+    [ $rc = 0 ] || die "wscheck $*"
+}
 metric() { # GUEST NAME: the value of an unlabelled metric of chatd, read inside the guest
     G "$1" curl -fsS --max-time 5 http://127.0.0.1/metrics | awk -v m="$2" '$1 == m { print $2 }'
 }

@@ -20,6 +20,10 @@
         connections: a message of N+1 characters is refused with `message_too_long`, one of N
         characters reaches the partner, and a new client's `welcome` announces N.
 
+pair and refused give up after --deadline seconds (90) as a whole and exit with 3: a TLS handshake
+through Caddy was once seen to stall for good with both sides waiting, which no per-call timeout
+caught. run.sh tries such a check once more; any other failure exits with 1.
+
 --connect ADDR:PORT opens the TCP connection there while the URL's host still goes into the
 Host header and TLS SNI (like curl --resolve); an IPv6 ADDR is written in brackets,
 [fd00::1]:443. Exit status 0 on success; any failure raises.
@@ -29,6 +33,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import socket
 import ssl
 import sys
@@ -207,7 +212,15 @@ def main():
     p.add_argument("--max-chars", type=int)
     p.add_argument("--max-chars-before", type=int)
     p.add_argument("--wait", type=float, default=600)
+    p.add_argument("--deadline", type=int, default=90)
     args = p.parse_args()
+    if args.command in ("pair", "refused"):
+        def give_up(signum, frame):
+            print(f"wscheck {args.command}: FAILED: stalled, nothing happened for {args.deadline} s", file=sys.stderr)
+            os._exit(3)
+
+        signal.signal(signal.SIGALRM, give_up)
+        signal.alarm(args.deadline)
     try:
         {"pair": cmd_pair, "refused": cmd_refused, "hold": cmd_hold, "keep": cmd_keep}[args.command](args)
     except Exception as e:  # one line that says what failed, then a non-zero exit
