@@ -14,7 +14,7 @@ variable "name" {
 }
 
 variable "server_count" {
-  description = "How many chatd servers. Each is its own chat: people are paired only with others on the same server."
+  description = "How many chatd servers. One: a server with a stable address. More: one crowd through a Redis server on a private network, behind a load balancer."
   type        = number
   default     = 1
   nullable    = false
@@ -62,14 +62,39 @@ variable "image" {
 }
 
 variable "ssh_public_key_file" {
-  description = "Your SSH public key (one line, OpenSSH format): uploaded to Hetzner and authorised for root, which is how Ansible logs in."
+  description = "Your SSH public key (one line, OpenSSH format): uploaded to Hetzner and authorised for root, which is how Ansible logs in. Not read when ssh_key_name is set."
   type        = string
   default     = "~/.ssh/id_ed25519.pub"
   nullable    = false
 
+  # A missing file is reported where the key is needed (it is not, with ssh_key_name).
   validation {
-    condition     = can(regex("^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\\.com|sk-ecdsa-sha2-nistp256@openssh\\.com) [A-Za-z0-9+/]+={0,3}( [^\\r\\n]*)?$", trimspace(file(pathexpand(var.ssh_public_key_file)))))
-    error_message = "ssh_public_key_file must name a readable OpenSSH public key file (e.g. ~/.ssh/id_ed25519.pub; create one with ssh-keygen -t ed25519)."
+    condition     = !fileexists(pathexpand(var.ssh_public_key_file)) || can(regex("^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\\.com|sk-ecdsa-sha2-nistp256@openssh\\.com) [A-Za-z0-9+/]+={0,3}( [^\\r\\n]*)?$", trimspace(file(pathexpand(var.ssh_public_key_file)))))
+    error_message = "ssh_public_key_file must name an OpenSSH public key file (e.g. ~/.ssh/id_ed25519.pub; create one with ssh-keygen -t ed25519)."
+  }
+}
+
+variable "ssh_key_name" {
+  description = "The name of an SSH key already in the Hetzner project to use instead of uploading ssh_public_key_file (Hetzner refuses the same key twice)."
+  type        = string
+  default     = ""
+  nullable    = false
+
+  validation {
+    condition     = length(var.ssh_key_name) <= 128 && !can(regex("[\\r\\n]", var.ssh_key_name))
+    error_message = "ssh_key_name must be empty or one line of at most 128 characters."
+  }
+}
+
+variable "ssh_private_key_file" {
+  description = "The private key Ansible logs in with, written to the inventory. Empty: ssh_public_key_file without .pub (with ssh_key_name: ssh's defaults and agent)."
+  type        = string
+  default     = ""
+  nullable    = false
+
+  validation {
+    condition     = !can(regex("\\s", var.ssh_private_key_file)) && !endswith(var.ssh_private_key_file, ".pub")
+    error_message = "ssh_private_key_file must be a path without white space, to the private key (not the .pub file)."
   }
 }
 
@@ -91,7 +116,7 @@ variable "admin_cidrs" {
 }
 
 variable "domain" {
-  description = "DNS name for HTTPS, e.g. chat.example.com, whose A/AAAA records you point at the server; Caddy then gets a certificate. Empty: plain HTTP on the server's addresses."
+  description = "DNS name for HTTPS, e.g. chat.example.com. One server: point its A/AAAA records at the server; Caddy gets a certificate. Several: point them at the load balancer, which gets a managed certificate (the zone must be in Hetzner DNS). Empty: plain HTTP."
   type        = string
   default     = ""
   nullable    = false
@@ -101,10 +126,6 @@ variable "domain" {
     error_message = "domain must be empty or a lower-case DNS name such as chat.example.com (no scheme, no port, no trailing dot)."
   }
 
-  validation {
-    condition     = var.domain == "" || var.server_count == 1
-    error_message = "A domain names one server: with a domain, server_count must be 1."
-  }
 }
 
 variable "chatd_settings" {
@@ -199,5 +220,53 @@ variable "labels" {
       can(regex("^([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$", v))
     ])
     error_message = "Labels must follow Hetzner's rules: keys and values of at most 63 of A-Z, a-z, 0-9, '.', '_', '-', starting and ending alphanumeric."
+  }
+}
+
+variable "redis_server_type" {
+  description = "Hetzner Cloud server type of the Redis server (server_count > 1; also runs Prometheus with monitoring = true)."
+  type        = string
+  default     = "cx23"
+  nullable    = false
+
+  validation {
+    condition     = can(regex("^(cx|cpx|cax|ccx)[0-9]{2}$", var.redis_server_type))
+    error_message = "redis_server_type must be a Hetzner Cloud server type such as cx23."
+  }
+}
+
+variable "load_balancer_type" {
+  description = "Hetzner load balancer type in front of the chatd servers (server_count > 1): lb11 holds 10,000 connections, lb21 20,000, lb31 40,000."
+  type        = string
+  default     = "lb11"
+  nullable    = false
+
+  validation {
+    condition     = contains(["lb11", "lb21", "lb31"], var.load_balancer_type)
+    error_message = "load_balancer_type must be lb11, lb21 or lb31."
+  }
+}
+
+variable "private_network_cidr" {
+  description = "The private network (server_count > 1): its second /24 holds Redis (.2), the chatd servers (.10 on) and the load balancer (.254)."
+  type        = string
+  default     = "10.0.0.0/16"
+  nullable    = false
+
+  validation {
+    condition     = can(cidrhost(var.private_network_cidr, 0)) && !strcontains(var.private_network_cidr, ":") && try(tonumber(split("/", var.private_network_cidr)[1]) <= 23, false)
+    error_message = "private_network_cidr must be an IPv4 network of /23 or larger in a private range, e.g. 10.0.0.0/16."
+  }
+}
+
+variable "monitoring" {
+  description = "Whether the Redis server also runs Prometheus, scraping every chatd and Redis with alert rules (server_count > 1). Reach it with ssh -L 9090:127.0.0.1:9090 root@REDIS."
+  type        = bool
+  default     = false
+  nullable    = false
+
+  validation {
+    condition     = !var.monitoring || var.server_count > 1
+    error_message = "monitoring runs on the cluster's Redis server: it needs server_count > 1."
   }
 }

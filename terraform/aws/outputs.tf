@@ -1,5 +1,5 @@
 output "url" {
-  description = "Open this in a browser: https://DOMAIN/ with a domain, else http://IPv4/ of the first server."
+  description = "Open this in a browser: https://DOMAIN/ with a domain, else http:// on the load balancer's name (several servers) or the server's IPv4."
   value       = module.deploy.url
 }
 
@@ -31,4 +31,19 @@ output "ansible_inventory" {
 output "ansible_inventory_file" {
   description = "Where the playbook run wrote that inventory: ansible-playbook -i THIS ../../ansible/site.yml re-runs the role by hand."
   value       = module.deploy.inventory_file
+}
+
+output "load_balancer" {
+  description = "The load balancer's DNS name (several servers: point the domain here, CNAME or alias); null with one server."
+  value       = one(aws_lb.chatd[*].dns_name)
+}
+
+output "certificate_validation" {
+  description = "The DNS record ACM needs to issue the domain's certificate (several servers with a domain and no route53_zone_id): create it, apply waits until it exists."
+  value       = [for c in aws_acm_certificate.chatd : [for o in c.domain_validation_options : { name = o.resource_record_name, type = o.resource_record_type, value = o.resource_record_value }]]
+}
+
+output "redis" {
+  description = "The Redis instance (several servers): its public address for SSH and its private one; null with one server."
+  value       = one([for i in aws_instance.redis : { name = module.cluster.redis_name, ipv4 = aws_eip.redis[0].public_ip, private_ip = module.cluster.redis_private_ip }])
 }

@@ -14,7 +14,7 @@ variable "name" {
 }
 
 variable "server_count" {
-  description = "How many chatd servers. Each is its own chat: people are paired only with others on the same server."
+  description = "How many chatd servers. One: an instance with an Elastic IP. More: one crowd through a Redis instance, behind an application load balancer."
   type        = number
   default     = 1
   nullable    = false
@@ -129,14 +129,39 @@ variable "tags" {
 }
 
 variable "ssh_public_key_file" {
-  description = "Your SSH public key (one line, OpenSSH format): registered as an EC2 key pair and authorised for root, which is how Ansible logs in."
+  description = "Your SSH public key (one line, OpenSSH format): uploaded as a key pair and authorised for root, which is how Ansible logs in. Not read when ssh_key_name is set."
   type        = string
   default     = "~/.ssh/id_ed25519.pub"
   nullable    = false
 
+  # A missing file is reported where the key is needed (it is not, with ssh_key_name).
   validation {
-    condition     = can(regex("^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\\.com|sk-ecdsa-sha2-nistp256@openssh\\.com) [A-Za-z0-9+/]+={0,3}( [^\\r\\n]*)?$", trimspace(file(pathexpand(var.ssh_public_key_file)))))
-    error_message = "ssh_public_key_file must name a readable OpenSSH public key file (e.g. ~/.ssh/id_ed25519.pub; create one with ssh-keygen -t ed25519)."
+    condition     = !fileexists(pathexpand(var.ssh_public_key_file)) || can(regex("^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\\.com|sk-ecdsa-sha2-nistp256@openssh\\.com) [A-Za-z0-9+/]+={0,3}( [^\\r\\n]*)?$", trimspace(file(pathexpand(var.ssh_public_key_file)))))
+    error_message = "ssh_public_key_file must name an OpenSSH public key file (e.g. ~/.ssh/id_ed25519.pub; create one with ssh-keygen -t ed25519)."
+  }
+}
+
+variable "ssh_key_name" {
+  description = "The name of an EC2 key pair already in the region to use instead of uploading ssh_public_key_file."
+  type        = string
+  default     = ""
+  nullable    = false
+
+  validation {
+    condition     = length(var.ssh_key_name) <= 255 && !can(regex("[\\r\\n]", var.ssh_key_name))
+    error_message = "ssh_key_name must be empty or one line of at most 255 characters."
+  }
+}
+
+variable "ssh_private_key_file" {
+  description = "The private key Ansible logs in with, written to the inventory. Empty: ssh_public_key_file without .pub (with ssh_key_name: ssh's defaults and agent)."
+  type        = string
+  default     = ""
+  nullable    = false
+
+  validation {
+    condition     = !can(regex("\\s", var.ssh_private_key_file)) && !endswith(var.ssh_private_key_file, ".pub")
+    error_message = "ssh_private_key_file must be a path without white space, to the private key (not the .pub file)."
   }
 }
 
@@ -158,7 +183,7 @@ variable "admin_cidrs" {
 }
 
 variable "domain" {
-  description = "DNS name for HTTPS, e.g. chat.example.com, whose A/AAAA records you point at the server; Caddy then gets a certificate. Empty: plain HTTP on the server's addresses."
+  description = "DNS name for HTTPS, e.g. chat.example.com. One server: point its A/AAAA records at the server; Caddy gets a certificate. Several: the load balancer gets an ACM certificate (see route53_zone_id). Empty: plain HTTP."
   type        = string
   default     = ""
   nullable    = false
@@ -168,10 +193,6 @@ variable "domain" {
     error_message = "domain must be empty or a lower-case DNS name such as chat.example.com (no scheme, no port, no trailing dot)."
   }
 
-  validation {
-    condition     = var.domain == "" || var.server_count == 1
-    error_message = "A domain names one server: with a domain, server_count must be 1."
-  }
 }
 
 variable "chatd_settings" {
@@ -244,4 +265,52 @@ variable "unattended_upgrades" {
   type        = bool
   default     = true
   nullable    = false
+}
+
+variable "availability_zone_b" {
+  description = "The second zone a load balancer needs (server_count > 1). Empty: the region's zone b."
+  type        = string
+  default     = ""
+  nullable    = false
+
+  validation {
+    condition     = var.availability_zone_b == "" || can(regex("^${var.region}[a-z]$", var.availability_zone_b))
+    error_message = "availability_zone_b must be empty or a zone of the region, e.g. eu-central-1b."
+  }
+}
+
+variable "redis_instance_type" {
+  description = "EC2 instance type of the Redis instance (server_count > 1; also runs Prometheus with monitoring = true)."
+  type        = string
+  default     = "t3.small"
+  nullable    = false
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]*\\.[a-z0-9]+$", var.redis_instance_type))
+    error_message = "redis_instance_type must be an EC2 instance type such as t3.small."
+  }
+}
+
+variable "route53_zone_id" {
+  description = "A Route 53 hosted zone holding the domain (server_count > 1): the certificate's validation record and the domain's alias records are made there. Empty: create the CNAME from the output certificate_validation yourself (apply waits for it) and point the domain at the load balancer."
+  type        = string
+  default     = ""
+  nullable    = false
+
+  validation {
+    condition     = var.route53_zone_id == "" || can(regex("^Z[A-Z0-9]{1,31}$", var.route53_zone_id))
+    error_message = "route53_zone_id must be empty or a hosted zone id such as Z0123456789ABCDEFGHIJ."
+  }
+}
+
+variable "monitoring" {
+  description = "Whether the Redis instance also runs Prometheus, scraping every chatd and Redis with alert rules (server_count > 1). Reach it with ssh -L 9090:127.0.0.1:9090 root@REDIS."
+  type        = bool
+  default     = false
+  nullable    = false
+
+  validation {
+    condition     = !var.monitoring || var.server_count > 1
+    error_message = "monitoring runs on the cluster's Redis instance: it needs server_count > 1."
+  }
 }

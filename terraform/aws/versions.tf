@@ -1,5 +1,5 @@
 terraform {
-  # 1.9: validation blocks may refer to other variables (domain vs. server_count).
+  # 1.9: validation blocks may refer to other variables (monitoring vs. server_count).
   required_version = "~> 1.9"
 
   required_providers {

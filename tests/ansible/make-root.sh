@@ -14,11 +14,17 @@
 #    it. The booted guest has its own network namespace with no route out, so its only apt source
 #    is that repository: the role's apt tasks run for real, offline. Add a package here when the
 #    role starts installing one.
+# 3. The same for the roles redis and prometheus (CLUSTER_PACKAGES, for cluster.sh), in a second
+#    repository (/opt/chatd-test-apt-cluster) with its own sources file, so that a root whose
+#    first repository another checkout rebuilt keeps it, or gets it back here.
 set -euo pipefail
 DIR=${1:?usage: make-root.sh DIR}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 ROLE_PACKAGES="caddy logrotate nftables python3-apt"
 REPO_IN_GUEST=/opt/chatd-test-apt
+CLUSTER_PACKAGES="redis-server prometheus prometheus-redis-exporter"
+CLUSTER_REPO_IN_GUEST=/opt/chatd-test-apt-cluster
+CLUSTER_LIST=etc/apt/sources.list.d/chatd-test-cluster.list
 
 log() { printf 'make-root: %s\n' "$*" >&2; }
 MOUNTED=()
@@ -91,4 +97,40 @@ if [ "$(cat "$REPO/PACKAGES" 2>/dev/null || true)" != "$ROLE_PACKAGES" ]; then
     done
     echo "$ROLE_PACKAGES" >"$REPO/PACKAGES"
     log "local apt repository ready ($(find "$REPO" -name '*.deb' | wc -l) packages)"
+fi
+
+# ---- 3. the cluster roles' repository ---------------------------------------------------------
+CREPO=$DIR$CLUSTER_REPO_IN_GUEST
+if [ "$(cat "$CREPO/PACKAGES" 2>/dev/null || true)" != "$CLUSTER_PACKAGES" ]; then
+    log "downloading into the cluster apt repository: $CLUSTER_PACKAGES"
+    rm -rf "$CREPO"
+    cp /etc/resolv.conf "$DIR/etc/resolv.conf"
+    SAVED=$(mktemp -d)
+    cp -a "$DIR/etc/apt/sources.list.d/." "$SAVED/"
+    rm -f "$DIR"/etc/apt/sources.list.d/*
+    echo "deb $MIRROR bookworm main" >"$DIR/etc/apt/sources.list"
+    mount -t proc proc "$DIR/proc" && MOUNTED+=("$DIR/proc")
+    rm -rf "$DIR"/var/lib/apt/lists/* "$DIR"/var/cache/apt/archives/*.deb
+    chroot "$DIR" apt-get update -qq
+    # shellcheck disable=SC2086
+    chroot "$DIR" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --download-only --no-install-recommends $CLUSTER_PACKAGES >/dev/null
+    umount "$DIR/proc" && MOUNTED=()
+    mkdir -p "$CREPO"
+    mv "$DIR"/var/cache/apt/archives/*.deb "$CREPO/"
+    (cd "$CREPO" && apt-ftparchive packages . >Packages && apt-ftparchive release . >Release)
+    rm -f "$DIR/etc/apt/sources.list"
+    cp -a "$SAVED/." "$DIR/etc/apt/sources.list.d/"
+    rm -rf "$SAVED" "$DIR/$CLUSTER_LIST"
+    : >"$DIR/etc/resolv.conf"
+    echo "$CLUSTER_PACKAGES" >"$CREPO/PACKAGES"
+    log "cluster apt repository ready ($(find "$CREPO" -name '*.deb' | wc -l) packages)"
+fi
+if [ ! -f "$DIR/$CLUSTER_LIST" ]; then
+    echo "deb [trusted=yes] file:$CLUSTER_REPO_IN_GUEST ./" >"$DIR/$CLUSTER_LIST"
+    rm -rf "$DIR"/var/lib/apt/lists/*
+    chroot "$DIR" apt-get update -qq
+    for p in $CLUSTER_PACKAGES; do
+        chroot "$DIR" apt-cache show "$p" >/dev/null
+    done
 fi

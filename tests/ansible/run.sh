@@ -8,7 +8,10 @@
 #    ansible-lint and websockets from PyPI into .venv-ansible/ (git-ignored), per
 #    tests/ansible/requirements.txt.
 # 2. Static: ansible-lint (production profile, ansible/.ansible-lint), ansible-playbook
-#    --syntax-check, check_specs.py (defaults <-> argument_specs, every config key rendered).
+#    --syntax-check, check_specs.py (defaults <-> argument_specs of the roles chatd, redis and
+#    prometheus, every config key rendered); the roles' templates rendered for a cluster inventory
+#    (render/), Prometheus' files checked with promtool check config / check rules, and the
+#    alerts unit-tested (promtool test rules render/alerts.test.yml).
 # 3. The host: a Debian 12 root made once by debootstrap and cached in $CHATD_TEST_CACHE
 #    (default /var/cache/chatd-test; make-root.sh), copied for this run and booted with its own
 #    systemd as PID 1 in new namespaces, its own network namespace included (boot-guest.sh).
@@ -24,7 +27,8 @@
 #                        served (GET / 200), two WebSocket clients matched and chatting, over
 #                        IPv4 and IPv6 from the client namespace too, logged with their own
 #                        address (IPv4 not as ::ffff:a.b.c.d, a forged X-Forwarded-For ignored),
-#                        kernel settings applied in the guest only, firewall: 22 and 80 open,
+#                        kernel settings applied in the guest only, conntrack sized, the
+#                        rollout's /healthz and version gate passed, firewall: 22 and 80 open,
 #                        other ports dropped, over IPv4 and IPv6
 #      again             changed=0
 #      reload            chatd_max_message_chars and chatd_trusted_proxies changed while a pair
@@ -36,9 +40,13 @@
 #      listen            chatd_listen port changed: restarted (new MainPID), new port serves, the
 #                        old one is closed and the firewall follows
 #      again             changed=0
-#      binary            a different binary: restarted
+#      binary            a different binary: restarted (staged and run with --version on the host
+#                        first, the old one kept as chatd.previous, /healthz and version checked)
+#      broken binary     a script failing --version, and an ELF for another architecture: the
+#                        play fails at the staged check, the installed binary and MainPID stay
+#      rollback          -e chatd_rollback=true: chatd.previous swapped back in, restarted
 #      https             chatd_domain=chat.test with Caddy's internal CA: chatd moves to
-#                        127.0.0.1:8080 and trusts 127.0.0.1, HTTPS GET / 200 (from the host and
+#                        127.0.0.1:8080 and trusts 127.0.0.1, HSTS, HTTPS GET / 200 (from the host and
 #                        inside the guest), http:// redirects, wss:// clients match through
 #                        Caddy, also from the client namespace over IPv4 and IPv6, where chatd's
 #                        log shows the client's own address (not 127.0.0.1, not a forged
@@ -47,6 +55,7 @@
 #                        firewall: 80 and 443 open, 8080 dropped
 #      again             changed=0
 #      no domain again   Caddy removed, chatd back on port 80
+#    tests/ansible/cluster.sh (run after this by ./scripts/test) does the same for a cluster.
 # 5. Tear-down (also on failure): guest powered off, forwarders and namespaces removed, cgroups
 #    removed, the run's copy deleted; then a check that no process of this run is left.
 #
@@ -96,11 +105,16 @@ command -v ip >/dev/null || missing+=(iproute2)
 command -v unshare >/dev/null || missing+=(util-linux)
 command -v flock >/dev/null || missing+=(util-linux)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+command -v promtool >/dev/null || missing+=(prometheus) # promtool, for the role prometheus' files
 if [ ${#missing[@]} -gt 0 ]; then
     say "apt-get install ${missing[*]}"
     apt-get update -qq
+    # A policy-rc.d answering 101 keeps packages (prometheus) from starting their service here.
+    made_policy=''
+    [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; made_policy=1; }
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 \
         --no-install-recommends "${missing[@]}" >/dev/null
+    [ -z "$made_policy" ] || rm -f /usr/sbin/policy-rc.d
 fi
 want=$(sha256sum "$HERE/requirements.txt" | cut -d' ' -f1)
 if [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null || true)" != "$want" ]; then
@@ -129,6 +143,29 @@ phase "static checks"
 (cd "$ROOT" && ansible-playbook -i ansible/inventory.example.ini ansible/site.yml --syntax-check) ||
     die "ansible-playbook --syntax-check"
 "$VENV/bin/python" "$HERE/check_specs.py" || die "role variables (check_specs.py)"
+# The roles' templates rendered for a cluster inventory (two chatd, Redis and Prometheus) on this
+# machine; Prometheus' files checked by promtool, and the alerts tested on made-up series.
+RENDER=$(mktemp -d)
+(cd "$ROOT" && ANSIBLE_LOCAL_TEMP=$RENDER/.tmp ANSIBLE_HOME=$RENDER/.home ansible-playbook \
+    -i tests/ansible/render/inventory.ini tests/ansible/render/render.yml -e "out=$RENDER" \
+    -e chatd_cluster_password=render-test -e redis_chatd_password=render-test \
+    -e redis_exporter_password=render-test) >"$RENDER/render.log" 2>&1 ||
+    { cat "$RENDER/render.log" >&2; die "rendering the roles' templates (tests/ansible/render/render.yml)"; }
+promtool check config "$RENDER/prometheus/prometheus.yml" >"$RENDER/promtool.log" 2>&1 ||
+    { cat "$RENDER/promtool.log" >&2; die "promtool check config (role prometheus)"; }
+promtool check rules "$RENDER/prometheus/rules/chatd.yml" >>"$RENDER/promtool.log" 2>&1 ||
+    { cat "$RENDER/promtool.log" >&2; die "promtool check rules (role prometheus)"; }
+cp "$HERE/render/alerts.test.yml" "$RENDER/prometheus/"
+promtool test rules "$RENDER/prometheus/alerts.test.yml" >>"$RENDER/promtool.log" 2>&1 ||
+    { cat "$RENDER/promtool.log" >&2; die "promtool test rules (tests/ansible/render/alerts.test.yml)"; }
+grep -q 'redis = "redis://chatd@198.51.100.20:6379/0"' "$RENDER/chat-a.chatd.toml" &&
+    grep -q 'node = "chat-a"' "$RENDER/chat-a.chatd.toml" &&
+    grep -qF 'metrics_allow = ["127.0.0.1", "::1", "198.51.100.20"]' "$RENDER/chat-a.chatd.toml" ||
+    { cat "$RENDER/chat-a.chatd.toml" >&2; die "chatd.toml for a cluster inventory lacks the [cluster] table or the scraper"; }
+grep -qx 'bind 127.0.0.1 198.51.100.20' "$RENDER/store.redis.conf" && grep -qx 'save ""' "$RENDER/store.redis.conf" ||
+    die "redis.conf: not bound to loopback and the private address, or persistence on"
+say "ok: templates rendered for a cluster inventory; promtool check config, check rules and test rules pass"
+rm -rf "$RENDER"
 
 # ---- 3. the host ----------------------------------------------------------------------------------
 phase "debian 12 root (cached in $CACHE)"
@@ -369,6 +406,7 @@ expect_unchanged() {
     }
     say "ok: idempotent (changed=0)"
 }
+failed_task() { awk '/^(TASK|RUNNING HANDLER) \[/ { t = $0 } /^fatal:/ { print t; exit }' "$PLAY_LOG"; }
 handler_ran() { grep -qF "RUNNING HANDLER [chatd : $1]" "$PLAY_LOG"; }
 mainpid() { G systemctl show -p MainPID --value chatd; }
 http_get() { # URL [curl args]: prints the status code
@@ -383,9 +421,20 @@ expect_page() { # URL [curl args]
     grep -qF '<title>chatd' "$RUN/body" || die "GET $1: 200 but not chatd's page"
     say "ok: GET $1 -> 200, chatd's page"
 }
-wscheck() { "$VENV/bin/python" "$HERE/wscheck.py" "$@" || die "wscheck $*"; }
+# wscheck exits with 3 when a check stalled as a whole (see wscheck.py): tried once more then.
+wscheck() {
+    local rc=0
+    "$VENV/bin/python" "$HERE/wscheck.py" "$@" || rc=$?
+    [ $rc = 3 ] && { say "wscheck stalled, once more: $*"; rc=0; "$VENV/bin/python" "$HERE/wscheck.py" "$@" || rc=$?; }
+    [ $rc = 0 ] || die "wscheck $*"
+}
 # From the client namespace: an outside client, with its own IPv4 or IPv6 address.
-C_wscheck() { C "$VENV/bin/python" "$HERE/wscheck.py" "$@" || die "wscheck (client namespace) $*"; }
+C_wscheck() {
+    local rc=0
+    C "$VENV/bin/python" "$HERE/wscheck.py" "$@" || rc=$?
+    [ $rc = 3 ] && { say "wscheck stalled, once more: $*"; rc=0; C "$VENV/bin/python" "$HERE/wscheck.py" "$@" || rc=$?; }
+    [ $rc = 0 ] || die "wscheck (client namespace) $*"
+}
 C_page() { # URL [curl args]: GET from the client namespace must give chatd's page
     local code arg via=''
     for arg in "${@:2}"; do [[ $arg == chat.test:* ]] && via=" via ${arg#chat.test:*:}"; done
@@ -446,6 +495,10 @@ check "kernel settings applied in the guest (net.core.somaxconn = 8192)" [ "$(G 
 check "... and not on this machine (fs.file-max is global: still $(cat /proc/sys/fs/file-max))" \
     [ "$(cat /proc/sys/fs/file-max)" != 1048576 ]
 check "nftables is active with a drop policy" nft_drops
+check "conntrack sized for the connection target (net.netfilter.nf_conntrack_max = 262144)" \
+    grep -qx 'net.netfilter.nf_conntrack_max = 262144' "$GUEST/etc/sysctl.d/61-chatd-conntrack.conf"
+check "... with nf_conntrack loaded at boot" grep -qx nf_conntrack "$GUEST/etc/modules-load.d/chatd-conntrack.conf"
+check "the rollout waited for /healthz and the version" grep -q 'is serving (/healthz 200)' "$PLAY_LOG"
 expect_page "http://$ADDR:$HTTP_PORT/"
 wscheck pair "ws://$ADDR:$HTTP_PORT/ws" --max-chars 2000
 # As an outside client, over IPv4 and IPv6, with a forged X-Forwarded-For that nobody trusts.
@@ -528,6 +581,35 @@ PID3=$(mainpid)
 check "new MainPID after the binary changed ($PID2 -> $PID3)" [ "$PID3" != "$PID2" -a "$PID3" != 0 ]
 expect_page "http://$ADDR:$ALT_PORT/"
 
+phase "playbook: a binary that does not run on the host is refused, the old one keeps serving"
+# A shell script that fails --version, and chatd itself marked as an aarch64 ELF (e_machine 0xb7):
+# the kernel refuses to run it (Exec format error), as it would a build for another architecture.
+printf '#!/bin/sh\necho "not chatd" >&2\nexit 1\n' >"$RUN/chatd-exits-1"
+cp "$RUN/chatd-new" "$RUN/chatd-aarch64"
+printf '\xb7\x00' | dd of="$RUN/chatd-aarch64" bs=1 seek=18 conv=notrunc status=none
+chmod 0755 "$RUN/chatd-exits-1" "$RUN/chatd-aarch64"
+for broken in chatd-exits-1 chatd-aarch64; do
+    if play "broken-$broken" -e chatd_max_message_chars=100 -e "$LISTEN_8081" -e "chatd_binary_src=$RUN/$broken"; then
+        die "the playbook installed $broken"
+    fi
+    [[ "$(failed_task)" == "TASK [chatd : Run the staged binary on the host"* ]] ||
+        die "$broken: the play failed at '$(failed_task)', not at the staged --version check (log: $PLAY_LOG)"
+    check "$broken refused: /usr/local/bin/chatd is still the previous build" cmp -s "$RUN/chatd-new" "$GUEST/usr/local/bin/chatd"
+    check "... chatd still running, same MainPID ($PID3)" [ "$(mainpid)" = "$PID3" ]
+    expect_page "http://$ADDR:$ALT_PORT/"
+done
+check "the binary before the last rollout is kept as /usr/local/bin/chatd.previous" \
+    cmp -s "$BIN" "$GUEST/usr/local/bin/chatd.previous"
+
+phase "playbook: rollback (-e chatd_rollback=true)"
+play_ok rollback -e chatd_max_message_chars=100 -e "$LISTEN_8081" -e chatd_rollback=true
+PID4=$(mainpid)
+check "restarted on the previous binary ($PID3 -> $PID4)" [ "$PID4" != "$PID3" -a "$PID4" != 0 ]
+check "/usr/local/bin/chatd is the previous binary again" cmp -s "$BIN" "$GUEST/usr/local/bin/chatd"
+check "... and chatd.previous the one rolled back from" cmp -s "$RUN/chatd-new" "$GUEST/usr/local/bin/chatd.previous"
+grep -q 'is serving (/healthz 200)' "$PLAY_LOG" || die "the rollback did not wait for /healthz and the version"
+expect_page "http://$ADDR:$ALT_PORT/"
+
 phase "playbook: HTTPS through Caddy (chatd_domain=chat.test, internal CA)"
 HTTPS_VARS=(-e chatd_max_message_chars=100 -e chatd_domain=chat.test -e chatd_tls_internal=true
     -e "chatd_binary_src=$RUN/chatd-new")
@@ -546,6 +628,9 @@ G curl -fsS -o /dev/null --max-time 10 --resolve chat.test:443:127.0.0.1 \
     --cacert /var/lib/caddy/.local/share/caddy/pki/authorities/local/root.crt https://chat.test/ ||
     die "inside the guest: GET https://chat.test/ on port 443"
 say "ok: inside the guest: GET https://chat.test/ (port 443, certificate for chat.test) -> 200"
+http_get "https://chat.test:$HTTPS_PORT/" "${RESOLVE[@]}" -D "$RUN/headers" >/dev/null
+check "Caddy sends HSTS (Strict-Transport-Security: max-age=31536000)" \
+    grep -qix 'strict-transport-security: max-age=31536000.' "$RUN/headers"
 code=$(http_get "http://chat.test:$HTTP_PORT/" --resolve "chat.test:$HTTP_PORT:$ADDR" -D "$RUN/headers")
 location=$(grep -i '^location:' "$RUN/headers" | tr -d '\r' || true)
 check "http:// is redirected to https:// ($code, $location)" redirects_to_https "$code" "$location"

@@ -7,11 +7,22 @@
         e.g. a forged X-Forwarded-For.
     wscheck.py refused URL --origin O [--connect ...] [--ca ...]
         The upgrade must be refused with 403 (an origin that is not allowed).
+        --b URL2 [--connect-b ADDR:PORT]: the second client connects there instead (another chatd
+        host of a cluster: the pair is matched and chats through Redis).
+    wscheck.py keep   URL STATE_DIR
+        Two clients pair and `STATE_DIR/paired` is written. Each time `STATE_DIR/check` appears the
+        pair exchanges a message both ways on the same connections, then `check` is removed and
+        `STATE_DIR/checked` gets a line. Ends with 0 when `STATE_DIR/done` appears, or when the
+        server closes the connections after at least one check (its own restart); 1 otherwise.
     wscheck.py hold   URL STATE_DIR --max-chars N [--connect ...]
         Two clients pair, then `STATE_DIR/paired` is written and the clients stay connected
         until `STATE_DIR/go` appears (run.sh re-runs the playbook meanwhile). Then, on the same
         connections: a message of N+1 characters is refused with `message_too_long`, one of N
         characters reaches the partner, and a new client's `welcome` announces N.
+
+pair and refused give up after --deadline seconds (90) as a whole and exit with 3: a TLS handshake
+through Caddy was once seen to stall for good with both sides waiting, which no per-call timeout
+caught. run.sh tries such a check once more; any other failure exits with 1.
 
 --connect ADDR:PORT opens the TCP connection there while the URL's host still goes into the
 Host header and TLS SNI (like curl --resolve); an IPv6 ADDR is written in brackets,
@@ -22,6 +33,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import socket
 import ssl
 import sys
@@ -77,7 +89,12 @@ def recv_type(ws, wanted, deadline=TIMEOUT):
 
 def pair_two(args, stack):
     a, wa = open_client(args, stack)
-    b, wb = open_client(args, stack)
+    if args.b:
+        other = argparse.Namespace(**vars(args))
+        other.url, other.connect = args.b, args.connect_b
+        b, wb = open_client(other, stack)
+    else:
+        b, wb = open_client(args, stack)
     for w in (wa, wb):
         if args.max_chars is not None and w["max_message_chars"] != args.max_chars:
             raise AssertionError(f"welcome announces {w['max_message_chars']}, want {args.max_chars}")
@@ -110,6 +127,38 @@ def cmd_refused(args):
         print(f"wscheck: origin {args.origin} refused with 403")
         return
     raise AssertionError(f"origin {args.origin} was accepted")
+
+
+def cmd_keep(args):
+    from websockets.exceptions import ConnectionClosed
+
+    checks = 0
+    try:
+        with contextlib.ExitStack() as stack:
+            a, b, _ = pair_two(args, stack)
+            open(os.path.join(args.state, "paired"), "w").close()
+            check, done = (os.path.join(args.state, n) for n in ("check", "done"))
+            end = time.monotonic() + args.wait
+            while not os.path.exists(done):
+                if time.monotonic() > end:
+                    raise AssertionError(f"{done} did not appear within {args.wait} s")
+                if os.path.exists(check):
+                    for x, y in ((a, b), (b, a)):
+                        text = "still here " + uuid.uuid4().hex
+                        x.send(json.dumps({"type": "message", "text": text}))
+                        if recv_type(y, "message")["text"] != text:
+                            raise AssertionError("a message was lost")
+                    checks += 1
+                    os.remove(check)
+                    with open(os.path.join(args.state, "checked"), "a") as f:
+                        f.write(f"check {checks}: the pair is connected and chatting\n")
+                time.sleep(0.1)
+    except ConnectionClosed as e:
+        if checks == 0:
+            raise AssertionError(f"the pair was disconnected before any check: {e}") from e
+        print(f"wscheck: the pair chatted through {checks} check(s), then its server closed it ({e})")
+        return
+    print(f"wscheck: the pair chatted through {checks} check(s) and is still connected")
 
 
 def cmd_hold(args):
@@ -151,19 +200,29 @@ def hold(args, stack, n):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("command", choices=["pair", "refused", "hold"])
+    p.add_argument("command", choices=["pair", "refused", "hold", "keep"])
     p.add_argument("url")
     p.add_argument("state", nargs="?")
     p.add_argument("--connect")
+    p.add_argument("--b")
+    p.add_argument("--connect-b")
     p.add_argument("--ca")
     p.add_argument("--origin")
     p.add_argument("--header", action="append", default=[])
     p.add_argument("--max-chars", type=int)
     p.add_argument("--max-chars-before", type=int)
     p.add_argument("--wait", type=float, default=600)
+    p.add_argument("--deadline", type=int, default=90)
     args = p.parse_args()
+    if args.command in ("pair", "refused"):
+        def give_up(signum, frame):
+            print(f"wscheck {args.command}: FAILED: stalled, nothing happened for {args.deadline} s", file=sys.stderr)
+            os._exit(3)
+
+        signal.signal(signal.SIGALRM, give_up)
+        signal.alarm(args.deadline)
     try:
-        {"pair": cmd_pair, "refused": cmd_refused, "hold": cmd_hold}[args.command](args)
+        {"pair": cmd_pair, "refused": cmd_refused, "hold": cmd_hold, "keep": cmd_keep}[args.command](args)
     except Exception as e:  # one line that says what failed, then a non-zero exit
         print(f"wscheck {args.command}: FAILED: {type(e).__name__}: {e}", file=sys.stderr)
         sys.exit(1)

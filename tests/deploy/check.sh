@@ -2,7 +2,7 @@
 # Checks the files in deploy/ without installing or applying anything on this host:
 #
 #   1. deploy/chatd.service  - the lines the contract needs (Type=notify, ExecStartPre/ExecReload
-#                              run `chatd -t`, User=chatd + CAP_NET_BIND_SERVICE, LimitNOFILE, ...);
+#                              run `chatd -t`, User=chatd + CAP_NET_BIND_SERVICE, LimitNOFILE, MemoryMax, ...);
 #                              `systemd-analyze verify` prints nothing; `systemd-analyze security
 #                              --offline=true` scores it 2.5 or lower; and the unit's own
 #                              ExecStartPre/ExecStart/ExecReload/stop lines, run as an unprivileged
@@ -101,6 +101,12 @@ if [[ $nofile =~ ^[0-9]+$ ]] && [ "$nofile" -ge 110000 ]; then
     ok "LimitNOFILE=$nofile (>= 100,000 connections + headroom)"
 else
     bad "LimitNOFILE='$nofile': want a number >= 110000 for 100,000 connections"
+fi
+memmax=$(unit_values MemoryMax)
+if [[ $memmax =~ ^([1-9][0-9]?)%$ ]]; then
+    ok "MemoryMax=$memmax (a share of the host's memory bounds the queued output)"
+else
+    bad "MemoryMax='$memmax': want a percentage of the host's memory, e.g. 75%"
 fi
 stop=$(unit_values TimeoutStopSec)
 case $stop in

@@ -25,7 +25,8 @@
 #      `terraform providers` loads the whole configuration with Terraform's own parser. Where
 #      init does succeed (a machine with registry access), `validate` runs too.
 #   6. checkov on terraform/ with the custom Hetzner checks in checkov/; those checks must fire on
-#      fixtures/hcloud_insecure.
+#      fixtures/hcloud_insecure, CKV_CHATD_3 on fixtures/hcloud_ssh_second_rule (a firewall
+#      whose second rule opens 22 to the world), and none on fixtures/hcloud_secure.
 #   7. check_conventions.py: descriptions, types, validations, pinned versions, module wiring,
 #      tfvars example, no secrets.
 #
@@ -258,10 +259,21 @@ ok "checkov -d terraform: $counts (skips are justified in place)"
 if "${CHECKOV[@]}" -d tests/terraform/fixtures/hcloud_insecure > "$SCRATCH/checkov-bad.log" 2>&1; then
     die "checkov passed the insecure Hetzner fixture"
 fi
-for id in CKV2_CHATD_1 CKV2_CHATD_2 CKV2_CHATD_3; do
+for id in CKV2_CHATD_1 CKV2_CHATD_2 CKV_CHATD_3; do
     grep -q "Check: $id" "$SCRATCH/checkov-bad.log" || { cat "$SCRATCH/checkov-bad.log"; die "$id did not fire on the insecure fixture"; }
 done
 ok "the custom Hetzner checks (firewall attached, SSH key, no SSH from anywhere) fail the insecure fixture"
+# Each rule is judged on its own: a harmless first rule does not hide a second one that opens SSH.
+if "${CHECKOV[@]}" -d tests/terraform/fixtures/hcloud_ssh_second_rule > "$SCRATCH/checkov-second.log" 2>&1; then
+    cat "$SCRATCH/checkov-second.log"
+    die "checkov passed a firewall whose second rule opens 22 to ::/0"
+fi
+grep -q 'Check: CKV_CHATD_3' "$SCRATCH/checkov-second.log" || { cat "$SCRATCH/checkov-second.log"; die "CKV_CHATD_3 did not fire on the second rule"; }
+ok "CKV_CHATD_3 fails a firewall whose second rule opens 22 to the world"
+"${CHECKOV[@]}" -d tests/terraform/fixtures/hcloud_secure > "$SCRATCH/checkov-good.log" 2>&1 ||
+    { cat "$SCRATCH/checkov-good.log"; die "checkov failed the secure fixture (a false alarm)"; }
+grep -q 'Passed checks: [1-9]' "$SCRATCH/checkov-good.log" || { cat "$SCRATCH/checkov-good.log"; die "no check ran on the secure fixture"; }
+ok "CKV_CHATD_3 passes SSH from an admin network, the web ports and a range without 22"
 
 # ---- 7. conventions ---------------------------------------------------------------------------------
 section "conventions (check_conventions.py)"

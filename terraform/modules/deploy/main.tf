@@ -12,10 +12,14 @@
 module "inventory" {
   source = "../inventory"
 
-  hosts        = { for name, s in var.servers : name => s.ipv4 }
-  ansible_user = var.ansible_user
-  domain       = var.domain
-  settings     = var.chatd_settings
+  hosts                = { for name, s in var.servers : name => s.ipv4 }
+  ansible_user         = var.ansible_user
+  domain               = var.tls_on_hosts ? var.domain : ""
+  settings             = var.chatd_settings
+  private_addresses    = var.private_addresses
+  redis_hosts          = { for name, s in var.redis_servers : name => { address = s.ipv4, private_address = s.private_ip } }
+  prometheus_hosts     = var.prometheus_hosts
+  ssh_private_key_file = var.ssh_private_key_file
 }
 
 locals {
@@ -23,12 +27,20 @@ locals {
   listen_port = try(regex(":([0-9]+)$", var.chatd_settings["chatd_listen"])[0], "80")
   port_suffix = local.listen_port == "80" ? "" : ":${local.listen_port}"
 
-  urls = var.domain != "" ? ["https://${var.domain}/"] : flatten([
-    for name, s in var.servers : concat(
-      ["http://${s.ipv4}${local.port_suffix}/"],
-      s.ipv6 != "" ? ["http://[${s.ipv6}]${local.port_suffix}/"] : [],
-    )
+  # Behind a load balancer, its addresses (port 80); else every server's.
+  urls = var.domain != "" ? ["https://${var.domain}/"] : var.load_balancer != null ? concat(
+    ["http://${var.load_balancer.host}/"],
+    var.load_balancer.ipv6 != "" ? ["http://[${var.load_balancer.ipv6}]/"] : [],
+    ) : flatten([
+      for name, s in var.servers : concat(
+        ["http://${s.ipv4}${local.port_suffix}/"],
+        s.ipv6 != "" ? ["http://[${s.ipv6}]${local.port_suffix}/"] : [],
+      )
   ])
+  all_servers = merge(
+    { for name, s in var.servers : name => { id = s.id, ipv4 = s.ipv4 } },
+    { for name, s in var.redis_servers : name => { id = s.id, ipv4 = s.ipv4 } },
+  )
 
   files_digest = sha256(join("\n", [
     for f in sort(distinct(var.trigger_files)) : "${f} ${fileexists(f) ? filesha256(f) : "missing"}"
@@ -42,7 +54,7 @@ resource "terraform_data" "playbook" {
   triggers_replace = {
     inventory = module.inventory.content
     settings  = sha256(jsonencode(var.chatd_settings))
-    servers   = jsonencode({ for name, s in var.servers : name => s.id })
+    servers   = jsonencode({ for name, s in local.all_servers : name => s.id })
     playbook  = var.playbook
     files     = local.files_digest
   }
@@ -67,7 +79,7 @@ resource "terraform_data" "playbook" {
       CHATD_WORK_DIR           = var.work_dir
       CHATD_PLAYBOOK           = var.playbook
       CHATD_WAIT_PLAYBOOK      = var.wait_for_hosts ? "${abspath(path.module)}/wait.yml" : ""
-      CHATD_HOST_IDS           = join("\n", [for name, s in var.servers : "${s.ipv4} ${s.id}"])
+      CHATD_HOST_IDS           = join("\n", [for name, s in local.all_servers : "${s.ipv4} ${s.id}"])
       CHATD_ANSIBLE_PLAYBOOK   = var.ansible_playbook_command
       CHATD_ANSIBLE_EXTRA_ARGS = join("\n", var.ansible_extra_args)
     }

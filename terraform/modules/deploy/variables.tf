@@ -14,7 +14,7 @@ variable "servers" {
 }
 
 variable "domain" {
-  description = "Public DNS name for HTTPS (chatd_domain: the role puts Caddy in front of chatd and gets a certificate). Empty: plain HTTP on the addresses."
+  description = "Public DNS name for HTTPS, or empty. With tls_on_hosts it becomes chatd_domain (the role puts Caddy in front of chatd and gets a certificate); url is https://DOMAIN/ either way."
   type        = string
   default     = ""
   nullable    = false
@@ -130,5 +130,78 @@ variable "required_files" {
   validation {
     condition     = alltrue([for f in var.required_files : startswith(f, "/")])
     error_message = "Required files must be absolute paths."
+  }
+}
+
+variable "tls_on_hosts" {
+  description = "Whether the hosts terminate TLS for the domain (Caddy, one server). false: a load balancer does, and the inventory's chatd_domain stays empty."
+  type        = bool
+  default     = true
+  nullable    = false
+}
+
+variable "private_addresses" {
+  description = "Each chatd server's private address (name => IPv4), for a cluster; the roles wire Redis and Prometheus from it."
+  type        = map(string)
+  default     = {}
+  nullable    = false
+
+  validation {
+    condition     = alltrue([for a in values(var.private_addresses) : can(cidrhost("${a}/32", 0))])
+    error_message = "Each private address must be a plain IPv4 address."
+  }
+}
+
+variable "redis_servers" {
+  description = "The cluster's Redis server(s): name => { id, ipv4 (public, Ansible connects to it), private_ip }. Empty: no cluster."
+  type = map(object({
+    id         = string
+    ipv4       = string
+    private_ip = string
+  }))
+  default  = {}
+  nullable = false
+
+  validation {
+    condition     = alltrue([for s in values(var.redis_servers) : can(cidrhost("${s.private_ip}/32", 0))])
+    error_message = "A Redis server's private_ip must be a plain IPv4 address."
+  }
+}
+
+variable "prometheus_hosts" {
+  description = "Names (of servers or redis_servers) that run Prometheus."
+  type        = list(string)
+  default     = []
+  nullable    = false
+
+  validation {
+    condition     = alltrue([for n in var.prometheus_hosts : contains(concat(keys(var.servers), keys(var.redis_servers)), n)])
+    error_message = "Each Prometheus host must be one of servers or redis_servers."
+  }
+}
+
+variable "load_balancer" {
+  description = "The load balancer in front of the chatd servers: { host (its public IPv4 address or DNS name), ipv6 (optional) }, which url and urls then name. null: none."
+  type = object({
+    host = string
+    ipv6 = optional(string, "")
+  })
+  default = null
+
+  validation {
+    condition     = var.load_balancer == null || can(regex("^[A-Za-z0-9.-]+$", try(var.load_balancer.host, "")))
+    error_message = "The load balancer's host must be an IPv4 address or a DNS name (no scheme, no port)."
+  }
+}
+
+variable "ssh_private_key_file" {
+  description = "The SSH private key Ansible logs in with (written to the inventory); empty: ssh's defaults and agent."
+  type        = string
+  default     = ""
+  nullable    = false
+
+  validation {
+    condition     = !can(regex("\\s", var.ssh_private_key_file))
+    error_message = "The key path cannot contain white space."
   }
 }

@@ -64,3 +64,59 @@ variable "settings" {
     error_message = "A setting value must be a single line: the inventory is an INI file."
   }
 }
+
+variable "private_addresses" {
+  description = "Each chatd host's address on the private network (inventory name => IPv4), written as private_address: the roles wire the cluster (Redis, scrapes) from it. Empty for a single server."
+  type        = map(string)
+  default     = {}
+  nullable    = false
+
+  validation {
+    condition     = alltrue([for a in values(var.private_addresses) : can(cidrhost("${a}/32", 0))])
+    error_message = "Each private address must be a plain IPv4 address."
+  }
+}
+
+variable "redis_hosts" {
+  description = "The cluster's Redis server(s), inventory name => { address (Ansible connects to it), private_address }: the group [redis]. Empty: no cluster."
+  type = map(object({
+    address         = string
+    private_address = string
+  }))
+  default  = {}
+  nullable = false
+
+  validation {
+    condition     = alltrue([for name in keys(var.redis_hosts) : can(regex("^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", name))])
+    error_message = "Redis host names must be DNS labels (a-z, 0-9 and inner hyphens)."
+  }
+
+  validation {
+    condition     = alltrue([for h in values(var.redis_hosts) : can(cidrhost("${h.private_address}/32", 0))])
+    error_message = "A Redis host's private_address must be a plain IPv4 address."
+  }
+}
+
+variable "prometheus_hosts" {
+  description = "Inventory names (of hosts or redis_hosts) that run Prometheus: the group [prometheus]."
+  type        = list(string)
+  default     = []
+  nullable    = false
+
+  validation {
+    condition     = alltrue([for n in var.prometheus_hosts : contains(concat(keys(var.hosts), keys(var.redis_hosts)), n)])
+    error_message = "Each Prometheus host must be one of hosts or redis_hosts."
+  }
+}
+
+variable "ssh_private_key_file" {
+  description = "The SSH private key Ansible logs in with (ansible_ssh_private_key_file in [all:vars]); empty: ssh's own default keys and agent."
+  type        = string
+  default     = ""
+  nullable    = false
+
+  validation {
+    condition     = !can(regex("[\\s]", var.ssh_private_key_file))
+    error_message = "The key path cannot contain white space (INI inventory value)."
+  }
+}

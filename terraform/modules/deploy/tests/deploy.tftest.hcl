@@ -258,3 +258,52 @@ run "rejects_command_with_arguments" {
 
   expect_failures = [var.ansible_playbook_command]
 }
+
+run "cluster_behind_a_load_balancer" {
+  command = plan
+
+  variables {
+    run_ansible  = false
+    domain       = "chat.example.com"
+    tls_on_hosts = false
+    servers = {
+      "chatd-1" = { id = "101", ipv4 = "203.0.113.10" }
+      "chatd-2" = { id = "102", ipv4 = "203.0.113.11" }
+    }
+    private_addresses    = { "chatd-1" = "10.0.1.10", "chatd-2" = "10.0.1.11" }
+    redis_servers        = { "chatd-redis" = { id = "103", ipv4 = "203.0.113.20", private_ip = "10.0.1.2" } }
+    prometheus_hosts     = ["chatd-redis"]
+    load_balancer        = { host = "198.51.100.1", ipv6 = "2001:db8::100" }
+    ssh_private_key_file = "/home/me/.ssh/id_ed25519"
+  }
+
+  assert {
+    condition     = output.url == "https://chat.example.com/"
+    error_message = "with a domain the URL is https://DOMAIN/ (the load balancer's certificate)"
+  }
+
+  assert {
+    condition = alltrue([for line in [
+      "\nchatd-1 ansible_host=203.0.113.10 ansible_user=root private_address=10.0.1.10\n",
+      "\n[redis]\nchatd-redis ansible_host=203.0.113.20 ansible_user=root private_address=10.0.1.2\n",
+      "\n[prometheus]\nchatd-redis\n",
+      "\nansible_ssh_private_key_file=/home/me/.ssh/id_ed25519\n",
+      "\nchatd_domain=\n",
+    ] : strcontains(output.inventory, line)])
+    error_message = "the inventory has the private addresses, [redis], [prometheus], the key, and no chatd_domain (TLS at the load balancer)"
+  }
+}
+
+run "load_balancer_without_domain" {
+  command = plan
+
+  variables {
+    run_ansible   = false
+    load_balancer = { host = "198.51.100.1", ipv6 = "2001:db8::100" }
+  }
+
+  assert {
+    condition     = output.urls == tolist(["http://198.51.100.1/", "http://[2001:db8::100]/"])
+    error_message = "without a domain, the load balancer's addresses"
+  }
+}

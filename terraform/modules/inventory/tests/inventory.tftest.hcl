@@ -134,3 +134,58 @@ run "rejects_domain_with_scheme" {
 
   expect_failures = [var.domain]
 }
+
+run "cluster" {
+  command = plan
+
+  variables {
+    hosts             = { "chatd-1" = "203.0.113.10", "chatd-2" = "203.0.113.11" }
+    private_addresses = { "chatd-1" = "10.0.1.10", "chatd-2" = "10.0.1.11" }
+    redis_hosts = {
+      "chatd-redis" = { address = "203.0.113.20", private_address = "10.0.1.2" }
+    }
+    prometheus_hosts     = ["chatd-redis"]
+    ssh_private_key_file = "/home/me/.ssh/id_ed25519"
+    settings = {
+      chatd_trusted_proxies = "[\"10.0.1.254\"]"
+    }
+  }
+
+  assert {
+    condition     = output.content == <<-EOT
+      # Ansible inventory for chatd, rendered by Terraform (terraform/modules/inventory).
+      # Do not edit it: change the Terraform variables and run `terraform apply` again.
+      # Ansible reads each value in [chatd:vars] as a Python literal where it is one (20000 is a number,
+      # ["a", "b"] a list, True a boolean; Terraform's true/false are written True/False), else as text.
+      [chatd]
+      chatd-1 ansible_host=203.0.113.10 ansible_user=root private_address=10.0.1.10
+      chatd-2 ansible_host=203.0.113.11 ansible_user=root private_address=10.0.1.11
+
+      # The cluster's Redis (role redis): chatd joins it at its private_address.
+      [redis]
+      chatd-redis ansible_host=203.0.113.20 ansible_user=root private_address=10.0.1.2
+
+      # Prometheus (role prometheus), scraping every chatd and Redis on the private network.
+      [prometheus]
+      chatd-redis
+
+      [all:vars]
+      ansible_ssh_private_key_file=/home/me/.ssh/id_ed25519
+
+      [chatd:vars]
+      chatd_domain=
+      chatd_trusted_proxies=["10.0.1.254"]
+    EOT
+    error_message = "a cluster: private addresses, [redis], [prometheus] and the SSH key"
+  }
+}
+
+run "prometheus_host_must_exist" {
+  command = plan
+
+  variables {
+    prometheus_hosts = ["nowhere"]
+  }
+
+  expect_failures = [var.prometheus_hosts]
+}
