@@ -37,38 +37,53 @@ impl Socket {
         Socket { stream, writable: true }
     }
 
-    /// Reads once into `buf`, turning `WouldBlock` and EOF into values. `Interrupted` is retried.
+    /// Reads once into `buf`, turning `WouldBlock` and EOF into values.
     pub(crate) fn fill(&mut self, buf: &mut [u8]) -> io::Result<ReadOutcome> {
-        loop {
-            return match self.stream.read(buf) {
-                Ok(0) => Ok(ReadOutcome::Eof),
-                Ok(n) => Ok(ReadOutcome::Data(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(ReadOutcome::WouldBlock),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => Err(e),
-            };
+        read_once(&mut self.stream, buf)
+    }
+}
+
+/// One `read`, with `WouldBlock` and EOF as values and `Interrupted` retried: the single place
+/// where a read's result becomes a value, for client and Redis sockets alike.
+fn read_once(r: &mut impl Read, buf: &mut [u8]) -> io::Result<ReadOutcome> {
+    loop {
+        return match r.read(buf) {
+            Ok(0) => Ok(ReadOutcome::Eof),
+            Ok(n) => Ok(ReadOutcome::Data(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(ReadOutcome::WouldBlock),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => Err(e),
+        };
+    }
+}
+
+/// Writes as much of `buf` as `w` takes now, in as few calls as possible. Returns the bytes
+/// written, and clears `writable` when the socket was full (readiness kept in user space).
+fn write_now(w: &mut impl Write, buf: &[u8], writable: &mut bool) -> io::Result<usize> {
+    let mut written = 0;
+    while written < buf.len() {
+        match w.write(&buf[written..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                *writable = false;
+                break;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
+    Ok(written)
 }
 
 impl Transport for Socket {
     /// Writes as much of `buf` as the socket takes, in as few calls as possible: everything
     /// queued since the last flush goes out in one `write` unless the socket is full.
     fn send(&mut self, buf: &[u8]) -> Sent {
-        let mut written = 0;
-        while written < buf.len() {
-            match self.stream.write(&buf[written..]) {
-                Ok(0) => return Sent::Failed,
-                Ok(n) => written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.writable = false;
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Sent::Failed,
-            }
+        match write_now(&mut self.stream, buf, &mut self.writable) {
+            Ok(n) => Sent::Bytes(n),
+            Err(_) => Sent::Failed,
         }
-        Sent::Bytes(written)
     }
 
     fn is_writable(&self) -> bool {
@@ -153,40 +168,17 @@ impl RedisSocket {
 
     /// Reads once, as [`Socket::fill`] does.
     pub(crate) fn fill(&mut self, buf: &mut [u8]) -> io::Result<ReadOutcome> {
-        loop {
-            let r = match &mut self.stream {
-                RedisStream::Tcp(s) => s.read(buf),
-                RedisStream::Unix(s) => s.read(buf),
-            };
-            return match r {
-                Ok(0) => Ok(ReadOutcome::Eof),
-                Ok(n) => Ok(ReadOutcome::Data(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(ReadOutcome::WouldBlock),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => Err(e),
-            };
+        match &mut self.stream {
+            RedisStream::Tcp(s) => read_once(s, buf),
+            RedisStream::Unix(s) => read_once(s, buf),
         }
     }
 
     /// Writes as much of `buf` as the socket takes.
     pub(crate) fn send(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut written = 0;
-        while written < buf.len() {
-            let r = match &mut self.stream {
-                RedisStream::Tcp(s) => s.write(&buf[written..]),
-                RedisStream::Unix(s) => s.write(&buf[written..]),
-            };
-            match r {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.writable = false;
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+        match &mut self.stream {
+            RedisStream::Tcp(s) => write_now(s, buf, &mut self.writable),
+            RedisStream::Unix(s) => write_now(s, buf, &mut self.writable),
         }
-        Ok(written)
     }
 }

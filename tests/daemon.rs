@@ -25,14 +25,14 @@ use std::{
         unix::{fs::MetadataExt, fs::PermissionsExt, net::UnixDatagram},
     },
     path::{Path, PathBuf},
-    process::{ChildStdout, Command, ExitStatus, Stdio},
+    process::{ChildStdout, ExitStatus},
     thread,
     time::{Duration, Instant},
 };
 
 use serde_json::{json, Value};
 use util::{
-    chatd_bin, eventually, is_root, message, pair, run_chatd, skip_without_root, user_line, Chat,
+    eventually, is_root, message, pair, run_chatd, skip_without_root, user_line, Chat,
     Client as RawClient, KillOnDrop, Response, TempDir, TIMEOUT,
 };
 
@@ -237,19 +237,9 @@ impl Fg {
     fn start_env(extra: &str, env: &[(&str, &str)]) -> Fg {
         let dir = service_dir("fg");
         let config = dir.write("chatd.toml", &Fg::config_text(extra));
-        let log = dir.path().join("stderr.log");
-        let stderr = fs::File::create(&log).expect("create stderr log");
-        let mut child = Command::new(chatd_bin())
-            .arg("--config")
-            .arg(&config)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn chatd");
-        let (addr, reader) = util::await_address(&mut child, &dir);
-        let process = KillOnDrop::new(child, log, format!("chatd ({addr})"));
+        let (process, addr, reader) = util::spawn_chatd(&dir, &config, "chatd", |c| {
+            c.envs(env.iter().copied());
+        });
         Fg { process, addr, config, _dir: dir, _stdout: reader }
     }
 

@@ -20,16 +20,15 @@ use std::{
     net::{SocketAddr, TcpListener},
     os::unix::{fs::PermissionsExt, net::UnixDatagram},
     path::{Path, PathBuf},
-    process::{ChildStdout, Command, Stdio},
+    process::ChildStdout,
     thread,
     time::{Duration, Instant},
 };
 
 use serde_json::json;
 use util::{
-    chatd_bin, close_payload, eventually, frame, handshake, is_root, message, redis::RedisServer,
-    run_chatd, skip_without_root, user_line, Chat, Client, KillOnDrop, Response, TempDir, RFC_KEY,
-    TIMEOUT,
+    close_payload, eventually, frame, handshake, is_root, message, redis::RedisServer, run_chatd,
+    skip_without_root, user_line, Chat, Client, KillOnDrop, Response, TempDir, RFC_KEY, TIMEOUT,
 };
 
 /// Two workers and the `[cluster]` table they need, on `redis` (after every top-level key).
@@ -162,19 +161,9 @@ impl Master {
         let redis = RedisServer::start();
         let dir = service_dir("workers");
         let config = dir.write("chatd.toml", &Master::config_text(listen, top, &redis.url()));
-        let log = dir.path().join("stderr.log");
-        let stderr = fs::File::create(&log).expect("create stderr log");
-        let mut child = Command::new(chatd_bin())
-            .arg("--config")
-            .arg(&config)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn chatd");
-        let (addr, stdout) = util::await_address(&mut child, &dir);
-        let process = KillOnDrop::new(child, log, format!("chatd master ({addr})"));
+        let (process, addr, stdout) = util::spawn_chatd(&dir, &config, "chatd master", |c| {
+            c.envs(env.iter().copied());
+        });
         Master {
             process,
             addr,

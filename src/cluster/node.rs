@@ -382,6 +382,11 @@ impl Node {
         self.events.pop_front()
     }
 
+    /// Whether a heartbeat is due (the caller then gathers what it carries).
+    pub fn is_beat_due(&self, now: Instant) -> bool {
+        self.stats.up && self.next_beat.is_some_and(|t| t <= now)
+    }
+
     /// When the next heartbeat is due.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.next_beat
@@ -390,7 +395,7 @@ impl Node {
     /// Sends the heartbeat if it is due, with the people online here and the pairs to restore
     /// (after Redis lost its data, the pairs are what lets others notice this worker's death).
     pub fn handle_timeout(&mut self, now: Instant, online: usize, pairs: &[(PeerId, String)]) {
-        if self.next_beat.is_none_or(|t| t > now) || !self.stats.up {
+        if !self.is_beat_due(now) {
             return;
         }
         self.next_beat = Some(now + BEAT_INTERVAL);

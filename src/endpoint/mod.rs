@@ -656,13 +656,11 @@ impl<A: App, S: Transport> Endpoint<A, S> {
     }
 
     fn millis(&self, t: Instant) -> u64 {
-        t.saturating_duration_since(self.epoch).as_millis() as u64
+        millis_since(self.epoch, t)
     }
 
-    /// `now + d` as a deadline in ms, rounded up so that it never fires early.
     fn deadline(&self, now: Instant, d: Duration) -> u64 {
-        let ms = d.as_nanos().div_ceil(1_000_000);
-        self.millis(now).saturating_add(u64::try_from(ms).unwrap_or(u64::MAX)).min(NEVER - 1)
+        deadline_after(self.epoch, now, d)
     }
 
     /// Makes sure the connection's deadline has a timer entry (at most one live entry each:
@@ -890,10 +888,20 @@ impl<A: App> Cx<'_, A> {
     }
 
     fn deadline(&self, d: Duration) -> u64 {
-        let now = self.now.saturating_duration_since(self.epoch).as_millis() as u64;
-        let ms = d.as_nanos().div_ceil(1_000_000);
-        now.saturating_add(u64::try_from(ms).unwrap_or(u64::MAX)).min(NEVER - 1)
+        deadline_after(self.epoch, self.now, d)
     }
+}
+
+/// `t` in milliseconds since `epoch`.
+fn millis_since(epoch: Instant, t: Instant) -> u64 {
+    t.saturating_duration_since(epoch).as_millis() as u64
+}
+
+/// `now + d` as a deadline in milliseconds since `epoch`, rounded up so that it never fires
+/// early, and never `NEVER`.
+fn deadline_after(epoch: Instant, now: Instant, d: Duration) -> u64 {
+    let ms = u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
+    millis_since(epoch, now).saturating_add(ms).min(NEVER - 1)
 }
 
 fn mark_dirty<S>(dirty: &mut Vec<usize>, conn: &mut Connection<S>, slot: usize) {

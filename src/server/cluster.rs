@@ -165,9 +165,8 @@ impl ClusterIo {
     /// Reconnects, and expires what waits for Redis (a connect or a reply past its time
     /// takes the link down; an idle link is pinged).
     pub(super) fn handle_timeout(&mut self, now: Instant, registry: &mio::Registry, log: &Logger) {
-        for conn in [&mut self.commands.link as &mut dyn LinkTimers, &mut self.subscriber.link] {
-            conn.tick(now);
-        }
+        self.commands.link.handle_timeout(now);
+        self.subscriber.link.handle_timeout(now);
         self.commands.connect(now, registry, log);
         self.subscriber.connect(now, registry, log);
     }
@@ -237,9 +236,12 @@ impl ClusterIo {
             self.node.handle_op(op);
         }
         self.node.flush_batches();
-        let mut pairs = Vec::new();
-        let online = endpoint.app().cluster_state(&mut pairs);
-        self.node.handle_timeout(now, online, &pairs);
+        if self.node.is_beat_due(now) {
+            // Walks every person here: once a second, not once a turn.
+            let mut pairs = Vec::new();
+            let online = endpoint.app().cluster_state(&mut pairs);
+            self.node.handle_timeout(now, online, &pairs);
+        }
         while let Some((tag, args)) = self.node.poll_command() {
             let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
             if self.commands.link.send(now, tag.clone(), &args).is_err() {
@@ -255,16 +257,5 @@ impl ClusterIo {
     pub(super) fn transmit(&mut self, now: Instant, _log: &Logger) {
         self.commands.transmit(now);
         self.subscriber.transmit(now);
-    }
-}
-
-/// A link's deadlines, whatever its tag type.
-trait LinkTimers {
-    fn tick(&mut self, now: Instant);
-}
-
-impl<T> LinkTimers for Link<T> {
-    fn tick(&mut self, now: Instant) {
-        self.handle_timeout(now);
     }
 }

@@ -194,6 +194,29 @@ pub fn run_chatd(args: &[&str]) -> Exit {
     Exit { status, stdout: read("stdout"), stderr: read("stderr") }
 }
 
+/// Starts `chatd --config CONFIG` with its stderr in `dir/stderr.log` and `configure` applied
+/// to the command, and waits for its address line. `name` labels it in failure messages.
+pub fn spawn_chatd(
+    dir: &TempDir,
+    config: &Path,
+    name: &str,
+    configure: impl FnOnce(&mut Command),
+) -> (KillOnDrop, SocketAddr, BufReader<ChildStdout>) {
+    let log = dir.path().join("stderr.log");
+    let stderr = fs::File::create(&log).expect("create stderr log");
+    let mut command = Command::new(chatd_bin());
+    command
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(stderr));
+    configure(&mut command);
+    let mut child = command.spawn().expect("spawn chatd");
+    let (addr, stdout) = await_address(&mut child, dir);
+    (KillOnDrop::new(child, log, format!("{name} ({addr})")), addr, stdout)
+}
+
 /// Waits for a just-spawned chatd's first stdout line, `chatd listening on http://ADDR/`, and
 /// returns the address and the rest of stdout (kept open so chatd never writes to a closed pipe).
 /// The line is read on a thread, so a server that never prints it fails the test within
@@ -266,19 +289,7 @@ impl Server {
     ) -> Server {
         let dir = TempDir::new("server");
         let config = dir.write("chatd.toml", &Server::config_text(listen, extra_toml));
-        let log = dir.path().join("stderr.log");
-        let stderr = fs::File::create(&log).expect("create stderr log");
-        let mut command = Command::new(chatd_bin());
-        command
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr));
-        configure(&mut command);
-        let mut child = command.spawn().expect("spawn chatd");
-        let (addr, stdout) = await_address(&mut child, &dir);
-        let process = KillOnDrop::new(child, log, format!("chatd ({addr})"));
+        let (process, addr, stdout) = spawn_chatd(&dir, &config, "chatd", configure);
         Server { process, addr, dir, _stdout: stdout }
     }
 
