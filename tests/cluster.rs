@@ -221,6 +221,22 @@ struct Person {
     last_seq: Option<u32>,
 }
 
+impl Person {
+    /// A new person on `server`, which is node number `node`, before any search.
+    fn connect(server: &Server, node: usize) -> Person {
+        Person {
+            chat: Chat::connect(server.addr()),
+            node,
+            chats: 0,
+            in_chat: false,
+            awaiting_searching: 0,
+            partner: None,
+            seq: 0,
+            last_seq: None,
+        }
+    }
+}
+
 /// xorshift64*: seeded, no dependency.
 struct Rng(u64);
 
@@ -292,16 +308,7 @@ fn seeded_random_crowd_on_two_nodes_keeps_the_rules() {
         let mut people: Vec<Person> = (0..10)
             .map(|n| {
                 let node = n % 2;
-                Person {
-                    chat: Chat::connect(nodes[node].addr()),
-                    node,
-                    chats: 0,
-                    in_chat: false,
-                    awaiting_searching: 0,
-                    partner: None,
-                    seq: 0,
-                    last_seq: None,
-                }
+                Person::connect(nodes[node], node)
             })
             .collect();
         let interests = [&[][..], &["music"][..], &["chess"][..], &["music", "chess"][..]];
@@ -338,16 +345,7 @@ fn seeded_random_crowd_on_two_nodes_keeps_the_rules() {
                 8 => {
                     // Reconnect: a new person on a random node.
                     let node = rng.below(2) as usize;
-                    people[i] = Person {
-                        chat: Chat::connect(nodes[node].addr()),
-                        node,
-                        chats: 0,
-                        in_chat: false,
-                        awaiting_searching: 0,
-                        partner: None,
-                        seq: 0,
-                        last_seq: None,
-                    };
+                    people[i] = Person::connect(nodes[node], node);
                 }
                 _ => thread::sleep(Duration::from_millis(5)),
             }
