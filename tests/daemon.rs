@@ -911,11 +911,7 @@ fn systemd_notify_ready_reloading_stopping() {
     assert!(stopping.iter().any(|l| l == "STOPPING=1"), "{stopping:?}");
     let (status, _) = server.wait_exit(TIMEOUT);
     assert!(status.success(), "{status:?}");
-    // Nothing else was sent.
-    sock.set_nonblocking(true).unwrap();
-    let mut buf = [0u8; 4096];
-    let extra = sock.recv(&mut buf).map(|n| String::from_utf8_lossy(&buf[..n]).into_owned());
-    assert!(extra.is_err(), "unexpected notification {extra:?}");
+    util::assert_no_more_notifications(&sock);
 }
 
 /// `NOTIFY_SOCKET=@name` (an abstract socket, as systemd may pass) works too.

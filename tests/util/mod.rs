@@ -974,3 +974,12 @@ pub fn pair(addr: SocketAddr) -> (Chat, Chat) {
 pub fn message(text: &str) -> Value {
     json!({"type": "message", "text": text})
 }
+
+/// Asserts that nothing more is waiting on a notify socket (systemd heard only what the test
+/// already read).
+pub fn assert_no_more_notifications(sock: &std::os::unix::net::UnixDatagram) {
+    sock.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 4096];
+    let extra = sock.recv(&mut buf).map(|n| String::from_utf8_lossy(&buf[..n]).into_owned());
+    assert!(extra.is_err(), "unexpected notification {extra:?}");
+}
