@@ -654,8 +654,12 @@ impl Worker {
             self.error(String::from_utf8_lossy(payload).into_owned());
         } else if payload.starts_with(br#"{"type":"partner_left""#) {
             self.out.partner_left += 1;
+            // Past EXIT another load thread may already have dropped its connections, and
+            // their partners here hear of it: only a partner lost during the run is an error.
             if self.cfg.mode == Mode::Chat {
-                self.error(String::from_utf8_lossy(payload).into_owned());
+                if self.shared.phase.load(Acquire) < EXIT {
+                    self.error(String::from_utf8_lossy(payload).into_owned());
+                }
             } else if c.st == St::ChurnWait {
                 // The partner went before its message arrived: end this cycle too.
                 self.error("churn: partner left before its message".into());
