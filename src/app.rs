@@ -67,7 +67,12 @@ pub enum Event<'a> {
     Binary(&'a [u8]),
     /// The connection is gone (closed by either side, failed or timed out). No more events follow
     /// and actions addressed to this peer are dropped.
-    Closed,
+    Closed {
+        /// It ended without a close handshake: a reset, an end of stream without a close frame,
+        /// silence past the ping timeout, a reader too slow to keep up. The person may come
+        /// back on a new connection (a network blip, not a goodbye).
+        dropped: bool,
+    },
 }
 
 /// A message the application sends to a peer.

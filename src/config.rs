@@ -200,6 +200,8 @@ pub struct FileChatConfig {
     pub rematch_cooldown: Option<ConfigDuration>,
     /// `chat.online_interval`
     pub online_interval: Option<ConfigDuration>,
+    /// `chat.resume_window`
+    pub resume_window: Option<ConfigDuration>,
 }
 
 /// How log lines are written.
@@ -441,6 +443,7 @@ impl Config {
                 interest_timeout: chat.interest_timeout.map_or(dc.interest_timeout, |d| d.0),
                 rematch_cooldown: chat.rematch_cooldown.map_or(dc.rematch_cooldown, |d| d.0),
                 online_interval: chat.online_interval.map_or(dc.online_interval, |d| d.0),
+                resume_window: chat.resume_window.map_or(dc.resume_window, |d| d.0),
             },
             workers: match f.workers {
                 None => d.workers,
@@ -490,6 +493,9 @@ impl Config {
             if v < Duration::from_millis(10) || v > Duration::from_secs(24 * 3600) {
                 return Err(invalid(key, "must be between 10ms and 24h".into()));
             }
+        }
+        if cfg.chat.resume_window > Duration::from_secs(600) {
+            return Err(invalid("chat.resume_window", "must be between 0s (off) and 10m".into()));
         }
         if cfg.chat.max_message_chars == 0 || cfg.chat.max_message_chars > 100_000 {
             return Err(invalid("chat.max_message_chars", "must be between 1 and 100000".into()));
@@ -584,6 +590,7 @@ impl Config {
             chat.interest_timeout => "chat.interest_timeout",
             chat.rematch_cooldown => "chat.rematch_cooldown",
             chat.online_interval => "chat.online_interval",
+            chat.resume_window => "chat.resume_window",
             workers => "workers", cluster => "cluster",
         );
         changed

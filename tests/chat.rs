@@ -36,15 +36,22 @@ fn partner_left(reason: &str) -> Value {
 #[test]
 fn welcome_reports_online_and_max_message_chars() {
     let server = Server::start("[chat]\nmax_message_chars = 50\nonline_interval = \"1h\"");
+    let welcome = |online: u64, max: u64, token: String| json!({"type": "welcome", "online": online, "max_message_chars": max, "resume_token": token});
     let a = Chat::connect(server.addr());
-    assert_eq!(a.welcome, json!({"type": "welcome", "online": 1, "max_message_chars": 50}));
+    assert_eq!(a.welcome, welcome(1, 50, a.token()));
     let b = Chat::connect(server.addr());
-    assert_eq!(b.welcome, json!({"type": "welcome", "online": 2, "max_message_chars": 50}));
+    assert_eq!(b.welcome, welcome(2, 50, b.token()));
+    // 128 bits as 32 lowercase hex digits, one per connection.
+    for token in [a.token(), b.token()] {
+        assert_eq!(token.len(), 32);
+        assert!(token.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+    }
+    assert_ne!(a.token(), b.token());
     drop(b);
 
     let server = Server::start("");
     let c = Chat::connect(server.addr());
-    assert_eq!(c.welcome, json!({"type": "welcome", "online": 1, "max_message_chars": 2000}));
+    assert_eq!(c.welcome, welcome(1, 2000, c.token()));
 }
 
 #[test]
@@ -171,11 +178,118 @@ fn leave_while_searching_cancels_the_search() {
 
 #[test]
 fn dropped_connection_tells_the_partner_disconnected() {
-    let server = Server::start("");
+    let server = Server::start("[chat]\nresume_window = \"1s\"");
     let (a, mut b) = pair(server.addr());
+    // The end of the stream without a close frame is a drop: away first, gone after the window.
     drop(a);
+    b.expect(json!({"type": "partner_away"}));
     b.expect(partner_left("disconnected"));
     b.expect_silence(SILENCE_MS);
+    // Without a window, at once.
+    let server = Server::start("[chat]\nresume_window = \"0s\"");
+    let (a, mut b) = pair(server.addr());
+    a.reset();
+    b.expect(partner_left("disconnected"));
+}
+
+#[test]
+fn a_close_frame_ends_the_chat_at_once() {
+    let server = Server::start("");
+    let (mut a, mut b) = pair(server.addr());
+    let token = a.token();
+    a.ws.close(None).expect("send a close frame");
+    b.expect(partner_left("disconnected"));
+    let mut c = Chat::connect(server.addr());
+    c.resume(&token);
+    c.expect_error("resume_failed");
+}
+
+#[test]
+fn after_a_reset_the_chat_resumes_with_the_lines_sent_meanwhile_in_order() {
+    let server = Server::start("");
+    let (a, mut b) = pair(server.addr());
+    let token = a.token();
+    a.reset();
+    b.expect(json!({"type": "partner_away"}));
+    for line in ["one", "two", "three"] {
+        b.say(line);
+    }
+    let mut c = Chat::connect(server.addr());
+    c.resume(&token);
+    c.expect(json!({"type": "resumed", "resume_token": c.token(), "state": "chatting"}));
+    for line in ["one", "two", "three"] {
+        c.expect(message(line));
+    }
+    b.expect(json!({"type": "partner_back"}));
+    c.say("back");
+    b.expect(message("back"));
+    b.say("hi again");
+    c.expect(message("hi again"));
+    // The token is good once; a forged one is no better. Both connections carry on.
+    let mut d = Chat::connect(server.addr());
+    d.resume(&token);
+    d.expect_error("resume_failed");
+    let mut e = Chat::connect(server.addr());
+    e.resume(&"f".repeat(32));
+    e.expect_error("resume_failed");
+    let (mut d, mut e) = (d, e);
+    d.search(&[]);
+    d.expect(json!({"type": "searching"}));
+    e.search(&[]);
+    e.expect(json!({"type": "searching"}));
+    e.expect_type("matched");
+    d.expect_type("matched");
+    let m = server.metrics();
+    assert_eq!(m["chatd_resume_drops_total"], 1.0);
+    assert_eq!(m["chatd_resumes_total"], 1.0);
+    assert_eq!(m["chatd_errors_total{code=\"resume_failed\"}"], 2.0);
+}
+
+#[test]
+fn the_window_passes_then_the_partner_is_told_and_the_token_is_void() {
+    let server = Server::start("[chat]\nresume_window = \"500ms\"");
+    let (a, mut b) = pair(server.addr());
+    let token = a.token();
+    a.reset();
+    b.expect(json!({"type": "partner_away"}));
+    b.expect(partner_left("disconnected"));
+    let mut c = Chat::connect(server.addr());
+    c.resume(&token);
+    c.expect_error("resume_failed");
+    assert_eq!(server.metrics()["chatd_resume_expiries_total"], 1.0);
+}
+
+#[test]
+fn a_connection_still_open_is_closed_4000_when_its_session_resumes_elsewhere() {
+    let server = Server::start("");
+    let (mut a, mut b) = pair(server.addr());
+    let mut c = Chat::connect(server.addr());
+    c.resume(&a.token());
+    c.expect_type("resumed");
+    a.expect_close(4000);
+    b.expect(json!({"type": "partner_back"}));
+    b.say("still here");
+    c.expect(message("still here"));
+}
+
+#[test]
+fn a_searcher_who_drops_keeps_the_place_and_is_not_matched_meanwhile() {
+    let server = Server::start("");
+    let mut a = Chat::connect(server.addr());
+    let token = a.token();
+    a.search(&["chess"]);
+    a.expect(json!({"type": "searching"}));
+    a.reset();
+    // Nobody is matched with a searcher who is away.
+    let mut b = Chat::connect(server.addr());
+    b.search(&["chess"]);
+    b.expect(json!({"type": "searching"}));
+    b.expect_silence(SILENCE_MS);
+    let mut c = Chat::connect(server.addr());
+    c.resume(&token);
+    c.expect(json!({"type": "resumed", "resume_token": c.token(), "state": "searching"}));
+    c.expect(json!({"type": "matched", "common_interests": ["chess"]}));
+    b.expect(json!({"type": "matched", "common_interests": ["chess"]}));
 }
 
 #[test]
@@ -514,7 +628,8 @@ fn slow_reader_is_disconnected_and_the_partner_told() {
             }
         }
     };
-    assert_eq!(left, partner_left("disconnected"), "after {sent} messages");
+    // Cut for being slow is a drop: the session waits for a resume.
+    assert_eq!(left, json!({"type": "partner_away"}), "after {sent} messages");
     drop(b);
     // The server is fine.
     let mut c = Chat::connect(server.addr());

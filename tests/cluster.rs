@@ -237,6 +237,31 @@ impl Person {
     }
 }
 
+/// Person `i`'s connection is reset; a new one on `server` (node `node`) resumes its session.
+/// What the old connection had not read yet is lost with it, so the person's view follows the
+/// state `resumed` reports.
+fn resume_elsewhere(people: &mut [Person], i: usize, server: &Server, node: usize) {
+    let token = people[i].chat.token();
+    let old = std::mem::replace(&mut people[i].chat, Chat::connect(server.addr()));
+    old.reset();
+    let p = &mut people[i];
+    p.chat.resume(&token);
+    let resumed = p.chat.expect_type("resumed");
+    p.chat.welcome["resume_token"] = resumed["resume_token"].clone();
+    p.node = node;
+    let chatting = resumed["state"] == "chatting";
+    if chatting && !p.in_chat {
+        // Matched while the `matched` was on its way to the old connection.
+        p.chats += 1;
+        p.partner = None;
+        p.last_seq = None;
+    }
+    p.in_chat = chatting;
+    // Let the partner's worker learn the new address before the next line (the one reorder
+    // a resume may cause is a line in flight to the old worker; see the README).
+    thread::sleep(Duration::from_millis(30));
+}
+
 /// xorshift64*: seeded, no dependency.
 struct Rng(u64);
 
@@ -289,6 +314,8 @@ fn drain(people: &mut [Person], i: usize, seen: &mut (u32, u32)) {
                 p.last_seq = Some(seq);
                 seen.1 += 1;
             }
+            // The partner dropped and came back (or will): the chat goes on.
+            "partner_away" | "partner_back" => assert!(p.in_chat, "person {i}: {v} outside a chat"),
             "typing" | "online" | "welcome" | "matching" => {}
             // A line sent before this client read its `partner_left` finds no chat: the page
             // meets the same race.
@@ -314,6 +341,7 @@ fn seeded_random_crowd_on_two_nodes_keeps_the_rules() {
         let interests = [&[][..], &["music"][..], &["chess"][..], &["music", "chess"][..]];
         // Matches and lines seen: the walk must exercise what it checks.
         let mut seen = (0, 0);
+        let mut resumes = 0;
         for step in 0..300 {
             let i = rng.below(people.len() as u64) as usize;
             match rng.below(10) {
@@ -343,9 +371,21 @@ fn seeded_random_crowd_on_two_nodes_keeps_the_rules() {
                     p.in_chat = false;
                 }
                 8 => {
-                    // Reconnect: a new person on a random node.
+                    drain(&mut people, i, &mut seen);
                     let node = rng.below(2) as usize;
-                    people[i] = Person::connect(nodes[node], node);
+                    let quiet = people[i].awaiting_searching == 0;
+                    if quiet && rng.below(2) == 0 {
+                        // A network drop, and a resume on a random node: the chat (or the
+                        // search) goes on where it was.
+                        resume_elsewhere(&mut people, i, nodes[node], node);
+                        resumes += 1;
+                    } else {
+                        // The tab closed: a new person on a random node.
+                        let old =
+                            std::mem::replace(&mut people[i], Person::connect(nodes[node], node));
+                        let mut old = old.chat;
+                        old.ws.close(None).expect("close");
+                    }
                 }
                 _ => thread::sleep(Duration::from_millis(5)),
             }
@@ -390,5 +430,6 @@ fn seeded_random_crowd_on_two_nodes_keeps_the_rules() {
         let nodes_used: std::collections::BTreeSet<usize> = people.iter().map(|p| p.node).collect();
         assert_eq!(nodes_used.len(), 2, "seed {seed}: the crowd spans both nodes");
         assert!(seen.0 >= 20 && seen.1 >= 15, "seed {seed}: only {seen:?} matches and lines");
+        assert!(resumes >= 3, "seed {seed}: only {resumes} resumes");
     }
 }

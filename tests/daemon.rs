@@ -281,17 +281,7 @@ fn get(addr: SocketAddr, path: &str) -> Response {
 
 /// `/metrics` from 127.0.0.1, parsed into `series -> value`.
 fn metrics(addr: SocketAddr) -> HashMap<String, f64> {
-    let r = get(addr, "/metrics");
-    assert_eq!(r.status, 200, "{r:?}");
-    assert!(r.header("content-type").is_some_and(|t| t.starts_with("text/plain")), "{r:?}");
-    r.text()
-        .lines()
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| {
-            let (k, v) = l.rsplit_once(' ').unwrap_or_else(|| panic!("bad metrics line {l:?}"));
-            (k.to_owned(), v.parse().unwrap_or_else(|_| panic!("bad value in {l:?}")))
-        })
-        .collect()
+    util::parse_metrics(&get(addr, "/metrics"))
 }
 
 /// A TCP connection to `to` from the local address `from` (port chosen by the kernel).
@@ -818,9 +808,11 @@ fn healthz_and_metrics_follow_a_chat_and_reloads() {
     assert_eq!(delta("chatd_errors_total{code=\"not_in_chat\"}"), 1.0);
     assert!(delta("chatd_received_bytes_total") > 0.0 && delta("chatd_sent_bytes_total") > 0.0);
 
-    // The chat ends: the gauges come back down.
-    drop(a);
-    drop(b);
+    // The chat ends (both tabs closed: close frames, no resume): the gauges come back down.
+    for mut c in [a, b] {
+        c.ws.close(None).expect("send a close frame");
+        let _ = c.ws.flush();
+    }
     eventually("the gauges to drop", || {
         let m = metrics(server.addr);
         m["chatd_pairs"] == 0.0 && m["chatd_websockets_open"] == 0.0

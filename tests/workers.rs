@@ -264,13 +264,7 @@ fn ws(addr: SocketAddr) -> Client {
 /// `/metrics` on a fresh connection, as `series -> value`.
 fn metrics(addr: SocketAddr) -> HashMap<String, f64> {
     let (_, r) = get_keep_alive(addr, "/metrics");
-    assert_eq!(r.status, 200, "{r:?}");
-    r.text()
-        .lines()
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .map(|(k, v)| (k.to_owned(), v.parse().expect("a number")))
-        .collect()
+    util::parse_metrics(&r)
 }
 
 /// Opens `n` connections (each kept open, one request answered) and returns them with how many

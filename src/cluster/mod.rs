@@ -16,6 +16,6 @@ pub mod resp;
 mod url;
 
 pub use link::{Link, LinkConfig, LinkError, LinkEvent, LinkState, LinkStats, Role};
-pub use node::{Event, Node, NodeStats, Op, Tag, BEAT_INTERVAL, RTT_BUCKETS, SCRIPT};
+pub use node::{Event, Forwarded, Node, NodeStats, Op, Tag, BEAT_INTERVAL, RTT_BUCKETS, SCRIPT};
 pub use resp::{RespError, Value};
 pub use url::{RedisAddr, RedisTarget, UrlError, DEFAULT_PORT};

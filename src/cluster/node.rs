@@ -56,6 +56,62 @@ pub enum Op {
         /// The `partner_left` reason for the partner.
         reason: Option<&'static str>,
     },
+    /// A local connection's resume token, so that a connection on any worker can resume it.
+    Token {
+        /// The local peer.
+        peer: PeerId,
+        /// Its token, in hex.
+        token: String,
+    },
+    /// The token is no longer good (closed, expired, used).
+    Untoken {
+        /// The local peer (or the away one) it belonged to.
+        peer: PeerId,
+        /// The token, in hex.
+        token: String,
+    },
+    /// A searcher's connection dropped: out of the indexes, so that nobody takes it while it is
+    /// away, but its place (sequence number and start) is kept for a resume.
+    Park {
+        /// The local peer.
+        peer: PeerId,
+    },
+    /// Local `peer` asks to resume the session of `token`, held by another worker.
+    Resume {
+        /// The new connection.
+        peer: PeerId,
+        /// The token it sent, in hex.
+        token: String,
+    },
+    /// The session of local `old` now belongs to `new` (a key): the pairs and the queue place
+    /// follow it, the partner's worker is told, and `new`'s worker gets `body` (the state and
+    /// the kept lines) unless it is this worker.
+    Handover {
+        /// The session's old local id.
+        old: PeerId,
+        /// The resumed connection's key.
+        new: String,
+        /// The partner's key, in a chat.
+        partner: Option<String>,
+        /// Whether the session was searching (its queue place moves).
+        searching: bool,
+        /// What the new worker needs, as JSON.
+        body: String,
+    },
+    /// Tells the worker of `to` (a key) that its resume failed.
+    Refuse {
+        /// The resuming connection's key.
+        to: String,
+    },
+    /// A record that reached this worker for a session that has moved to `to`: sent on.
+    Forward {
+        /// The session's new key.
+        to: String,
+        /// The sender's key.
+        from: String,
+        /// What it said.
+        what: Forwarded,
+    },
     /// A JSON message for a partner on another worker, delivered as is.
     Relay {
         /// The partner's key.
@@ -65,6 +121,15 @@ pub enum Op {
         /// The encoded server message.
         json: String,
     },
+}
+
+/// A partner's record sent on to a session's new worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Forwarded {
+    /// An encoded server message.
+    Text(String),
+    /// The partner left, with this reason.
+    Left(String),
 }
 
 /// What the cluster tells the roulette.
@@ -124,6 +189,37 @@ pub enum Event {
         /// The encoded server message.
         json: String,
     },
+    /// Another worker's connection `new` resumes the session of local `old`.
+    ResumeAsked {
+        /// The session's local id (away, or still connected).
+        old: PeerId,
+        /// The resuming connection's key.
+        new: String,
+    },
+    /// The resume of local `to` could not be made (unknown token, the session's worker gone
+    /// or its session over).
+    ResumeRefused {
+        /// The resuming connection.
+        to: PeerId,
+    },
+    /// The session `old` (a key) is handed over to local `to`: `body` has its state.
+    HandedOver {
+        /// The resuming connection.
+        to: PeerId,
+        /// The session's old key.
+        old: String,
+        /// The state and the kept lines, as JSON.
+        body: String,
+    },
+    /// The partner of local `to` resumed on a new connection: `old` is now `new`.
+    Rekeyed {
+        /// The local peer.
+        to: PeerId,
+        /// The partner's old key.
+        old: String,
+        /// The partner's new key.
+        new: String,
+    },
     /// The whole crowd's size.
     Online(usize),
     /// The link to Redis is up (again): the roulette puts its state back.
@@ -141,6 +237,8 @@ pub enum Tag {
     Search(PeerId),
     /// A heartbeat.
     Beat,
+    /// A resume asked for this peer.
+    Resume(PeerId),
     /// Anything whose reply only counts (cancel, part, publish).
     Other,
 }
@@ -298,12 +396,48 @@ impl Node {
     /// Takes one operation of the roulette.
     pub fn handle_op(&mut self, op: Op) {
         if !self.stats.up {
-            if let Op::Search { peer, .. } = op {
-                self.events.push_back(Event::SearchFailed { peer });
+            match op {
+                Op::Search { peer, .. } => self.events.push_back(Event::SearchFailed { peer }),
+                Op::Resume { peer, .. } => self.events.push_back(Event::ResumeRefused { to: peer }),
+                _ => {}
             }
             return;
         }
         match op {
+            Op::Forward { to, from, what } => {
+                let Some((worker, id)) = to.rsplit_once('#') else { return };
+                let record = match what {
+                    Forwarded::Text(json) => format!("T {id} {from}\n{json}"),
+                    Forwarded::Left(reason) => format!("L {id} {from} {reason}"),
+                };
+                frame(self.batches.entry(worker.to_owned()).or_default(), record.as_bytes());
+                self.stats.relayed_out += 1;
+            }
+            Op::Refuse { to } => {
+                let Some((worker, id)) = to.rsplit_once('#') else { return };
+                let record = format!("F {id} {}#0", self.worker);
+                frame(self.batches.entry(worker.to_owned()).or_default(), record.as_bytes());
+            }
+            Op::Token { peer, token } => {
+                self.script("token", vec![token, self.key(peer)], Tag::Other)
+            }
+            Op::Untoken { peer, token } => {
+                self.script("untoken", vec![token, self.key(peer)], Tag::Other)
+            }
+            Op::Park { peer } => self.script("park", vec![self.key(peer)], Tag::Other),
+            Op::Resume { peer, token } => {
+                self.script("resume", vec![token, self.key(peer)], Tag::Resume(peer))
+            }
+            Op::Handover { old, new, partner, searching, body } => {
+                let args = vec![
+                    self.key(old),
+                    new,
+                    partner.unwrap_or_default(),
+                    String::from(if searching { "1" } else { "0" }),
+                    body,
+                ];
+                self.script("handover", args, Tag::Other);
+            }
             Op::Relay { to, from, json } => {
                 let Some((worker, id)) = to.rsplit_once('#') else { return };
                 let record = format!("T {id} {}\n{json}", self.key(from));
@@ -337,6 +471,14 @@ impl Node {
                 self.queue(Tag::Other, args);
             }
         }
+    }
+
+    /// Queues one script call with `args` after the operation's name, after the turn's batches.
+    fn script(&mut self, op: &str, args: Vec<String>, tag: Tag) {
+        self.flush_batches();
+        let mut command = self.script_args(op);
+        command.extend(args.into_iter().map(String::into_bytes));
+        self.queue(tag, command);
     }
 
     /// Ends the turn's batches: one `PUBLISH` per destination worker.
@@ -460,6 +602,9 @@ impl Node {
                 self.events.push_back(event);
             }
             (Tag::Search(peer), _) => self.events.push_back(Event::SearchFailed { peer }),
+            // Asked: the session's worker answers on this worker's channel (H or F).
+            (Tag::Resume(_), Value::Bulk(Some(b))) if b == b"sent" => {}
+            (Tag::Resume(peer), _) => self.events.push_back(Event::ResumeRefused { to: peer }),
             _ => {}
         }
     }
@@ -577,6 +722,10 @@ fn parse_record(record: &[u8]) -> Option<Event> {
     let extra = parts.next().unwrap_or("");
     match kind {
         "T" => Some(Event::RemoteText { to, from, json: body.to_owned() }),
+        "X" => Some(Event::ResumeAsked { old: to, new: from }),
+        "F" => Some(Event::ResumeRefused { to }),
+        "H" => Some(Event::HandedOver { to, old: from, body: body.to_owned() }),
+        "R" => Some(Event::Rekeyed { to, old: from, new: extra.to_owned() }),
         "L" => Some(Event::RemoteLeft { to, from, reason: extra.to_owned() }),
         "M" => Some(Event::RemoteMatched {
             to,

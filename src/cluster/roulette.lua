@@ -13,12 +13,17 @@
 --   B:parted           zset "a|b" (a < b) -> when they parted (ms): the rematch cooldown
 --   B:alive            zset worker -> last heartbeat (ms)
 --   B:online           hash worker -> people connected there
+--   B:t:<token>        string: the peer holding a resume token (connected or away)
+--   B:tw:<worker>      set: the worker's tokens (for reaping a dead worker)
 -- Peers are "WORKER#ID"; WORKER is "node/index/pid". A worker's channel is
 -- "PREFIX:ch:WORKER" (ARGV[3] is "PREFIX:ch:"). Message text never passes through here.
 --
 -- Records published to a worker's channel: "M <to-id> <from-key> <waited-ms>\n<i1>\n<i2>..."
 -- (matched) and "L <to-id> <from-key> <reason>" (partner left), each framed as
--- "<len>:<record>" so that a channel message may carry several.
+-- "<len>:<record>" so that a channel message may carry several. Resuming adds
+-- "X <old-id> <new-key>" (take over), "H <new-id> <old-key>\n<json>" (handed over) and
+-- "R <partner-id> <old-key> <new-key>" (your partner moved); "F <id> <key>" (refused) and the
+-- lines themselves come from the workers.
 
 local op, B, CH = ARGV[1], ARGV[2], ARGV[3]
 local t = redis.call('TIME')
@@ -76,6 +81,10 @@ local function reap(worker)
     redis.call('PUBLISH', CH .. pw, frame('L ' .. id_of(partner) .. ' ' .. mine .. ' disconnected'))
   end
   redis.call('DEL', B .. ':pairs:' .. worker)
+  for _, token in ipairs(redis.call('SMEMBERS', B .. ':tw:' .. worker)) do
+    redis.call('DEL', B .. ':t:' .. token)
+  end
+  redis.call('DEL', B .. ':tw:' .. worker)
   redis.call('ZREM', B .. ':alive', worker)
   redis.call('HDEL', B .. ':online', worker)
 end
@@ -201,6 +210,70 @@ elseif op == 'part' then
   redis.call('ZADD', B .. ':parted', now, pair_key(peer, partner))
   if reason ~= '' and pw ~= worker_of(peer) then
     redis.call('PUBLISH', CH .. pw, frame('L ' .. id_of(partner) .. ' ' .. peer .. ' ' .. reason))
+  end
+  return 1
+elseif op == 'token' then
+  -- ARGV: op, B, CH, token, peer
+  redis.call('SET', B .. ':t:' .. ARGV[4], ARGV[5])
+  redis.call('SADD', B .. ':tw:' .. worker_of(ARGV[5]), ARGV[4])
+  return 1
+elseif op == 'untoken' then
+  -- ARGV: op, B, CH, token, peer
+  if redis.call('GET', B .. ':t:' .. ARGV[4]) == ARGV[5] then
+    redis.call('DEL', B .. ':t:' .. ARGV[4])
+  end
+  redis.call('SREM', B .. ':tw:' .. worker_of(ARGV[5]), ARGV[4])
+  return 1
+elseif op == 'park' then
+  -- ARGV: op, B, CH, peer. Out of the indexes; the hash (seq, since) stays for a resume.
+  local peer = ARGV[4]
+  local h = redis.call('HGETALL', B .. ':w:' .. peer)
+  redis.call('ZREM', B .. ':open', peer)
+  for i = 1, #h, 2 do
+    if string.match(h[i], '^i%d+$') then redis.call('ZREM', B .. ':int:' .. h[i + 1], peer) end
+  end
+  return 1
+elseif op == 'resume' then
+  -- ARGV: op, B, CH, token, new peer. A token is good once.
+  local tk = B .. ':t:' .. ARGV[4]
+  local old = redis.call('GET', tk)
+  if not old then return 'failed' end
+  local ow = worker_of(old)
+  redis.call('DEL', tk)
+  redis.call('SREM', B .. ':tw:' .. ow, ARGV[4])
+  if not is_alive(ow) then return 'failed' end
+  if redis.call('PUBLISH', CH .. ow, frame('X ' .. id_of(old) .. ' ' .. ARGV[5])) == 0 then
+    return 'failed'
+  end
+  return 'sent'
+elseif op == 'handover' then
+  -- ARGV: op, B, CH, old peer, new peer, partner ('' if none), searching (1/0), body
+  local old, new, partner, body = ARGV[4], ARGV[5], ARGV[6], ARGV[8]
+  local ow, nw = worker_of(old), worker_of(new)
+  if partner ~= '' then
+    local pw = worker_of(partner)
+    redis.call('HDEL', B .. ':pairs:' .. ow, old)
+    redis.call('HSET', B .. ':pairs:' .. nw, new, partner)
+    redis.call('HSET', B .. ':pairs:' .. pw, partner, new)
+    if pw ~= ow and pw ~= nw then
+      redis.call('PUBLISH', CH .. pw, frame('R ' .. id_of(partner) .. ' ' .. old .. ' ' .. new))
+    end
+  end
+  if ARGV[7] == '1' then
+    -- The parked place moves to the new peer; its worker's next search puts it back.
+    local f = redis.call('HGETALL', B .. ':w:' .. old)
+    if #f > 0 then
+      redis.call('DEL', B .. ':w:' .. old)
+      redis.call('SREM', B .. ':ww:' .. ow, old)
+      for i = 1, #f, 2 do
+        if f[i] == 'worker' then f[i + 1] = nw end
+      end
+      redis.call('HSET', B .. ':w:' .. new, unpack(f))
+      redis.call('SADD', B .. ':ww:' .. nw, new)
+    end
+  end
+  if nw ~= ow then
+    redis.call('PUBLISH', CH .. nw, frame('H ' .. id_of(new) .. ' ' .. old .. '\n' .. body))
   end
   return 1
 elseif op == 'beat' then

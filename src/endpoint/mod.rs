@@ -455,7 +455,8 @@ impl<A: App, S: Transport> Endpoint<A, S> {
         let was_ws = conn.start_closing(linger, true).is_some();
         mark_dirty(&mut self.dirty, conn, slot);
         if was_ws {
-            self.websocket_ended(now, id);
+            // The stream ended without a close frame.
+            self.websocket_ended(now, id, true);
         }
         self.arm(slot);
     }
@@ -755,18 +756,21 @@ impl<A: App, S: Transport> Endpoint<A, S> {
         let linger = self.deadline(now, CLOSE_LINGER);
         let conn = &mut self.conns[slot];
         if let Some(session) = conn.start_closing(linger, false) {
+            // A close handshake, except the one that ends a silent peer's wait for a pong.
+            let dropped = close == Close::Code(close_code::GOING_AWAY, close_reason::IDLE_TIMEOUT);
             session.finish(close, conn.output(&mut self.spares));
             mark_dirty(&mut self.dirty, conn, slot);
-            self.websocket_ended(now, peer);
+            self.websocket_ended(now, peer, dropped);
         }
         self.arm(slot);
     }
 
     /// A WebSocket ended (closed by either side, failed, timed out): count it and tell the
-    /// application, once. Its answers join the effects.
-    fn websocket_ended(&mut self, now: Instant, id: PeerId) {
+    /// application, once, whether it was `dropped` (no close handshake). Its answers join the
+    /// effects.
+    fn websocket_ended(&mut self, now: Instant, id: PeerId, dropped: bool) {
         self.stats.websockets_closed += 1;
-        self.app.handle_event(now, id, Event::Closed, &mut self.actions);
+        self.app.handle_event(now, id, Event::Closed { dropped }, &mut self.actions);
         self.effects.extend(self.actions.drain(..).map(Effect::from));
     }
 
@@ -781,7 +785,9 @@ impl<A: App, S: Transport> Endpoint<A, S> {
         }
         conn.release(&mut self.spares);
         if conn.is_websocket() {
-            self.websocket_ended(now, PeerId::new(self.worker, conn.generation, slot as u32));
+            // Still open: whatever ended it (reset, error, end of stream, a slow reader), no
+            // close frame did.
+            self.websocket_ended(now, PeerId::new(self.worker, conn.generation, slot as u32), true);
         }
     }
 

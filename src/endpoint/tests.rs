@@ -132,6 +132,8 @@ struct Recorder {
     log: Vec<(PeerId, Seen)>,
     open: BTreeSet<PeerId>,
     ended: BTreeSet<PeerId>,
+    /// Peers whose `Closed` said `dropped` (no close handshake).
+    dropped: BTreeSet<PeerId>,
     /// Actions a test wants taken: handed out by the next `handle_timeout` after `wake`.
     script: Vec<Action>,
     wake: Option<Instant>,
@@ -167,9 +169,12 @@ impl App for Recorder {
                 assert!(self.open.insert(peer), "{peer:?} opened twice");
                 Seen::Open
             }
-            Event::Closed => {
+            Event::Closed { dropped } => {
                 assert!(self.open.remove(&peer), "{peer:?} closed but was not open");
                 self.ended.insert(peer);
+                if dropped {
+                    self.dropped.insert(peer);
+                }
                 Seen::Closed
             }
             Event::Text(t) => Seen::Text(t.to_owned()),
@@ -802,6 +807,35 @@ fn half_close_flushes_then_drops() {
     assert!(c.is_dropped());
 }
 
+/// Issue 12: the application hears whether a WebSocket ended with a close handshake or was
+/// dropped, since only a drop keeps the person's chat for a resume.
+#[test]
+fn closed_says_whether_the_websocket_was_dropped() {
+    let mut d = Driver::new();
+    // The end of the stream without a close frame, with and without output still queued.
+    let quiet = d.upgrade();
+    d.eof(&quiet);
+    d.drive();
+    let busy = d.upgrade();
+    d.act([Action::Send { to: busy.id(), message: Message::Text("pending".into()) }]);
+    busy.wire().room = Some(0);
+    d.eof(&busy);
+    d.drive();
+    // The application closes one; a client closes another.
+    let told = d.upgrade();
+    d.act([Action::Close { peer: told.id(), code: 4000, reason: "bye" }]);
+    d.drive();
+    let left = d.upgrade();
+    d.input(&left, &close_frame(1000, ""));
+    d.drive();
+    let app = d.ep.app();
+    for c in [&quiet, &busy, &told, &left] {
+        assert_eq!(app.events(c.id()).last(), Some(&Seen::Closed));
+    }
+    assert!(app.dropped.contains(&quiet.id()) && app.dropped.contains(&busy.id()));
+    assert!(!app.dropped.contains(&told.id()) && !app.dropped.contains(&left.id()));
+}
+
 #[test]
 fn full_endpoint_refuses_with_503() {
     let mut d = Driver::with(Settings { max_connections: 2, ..test_settings() });
@@ -947,6 +981,8 @@ fn unanswered_ping_closes_1001_idle_timeout() {
     d.advance(ms(1));
     assert_eq!(d.frames(&c), [Frame::Close(Some(1001), "idle timeout".into())]);
     assert_eq!(d.ep.app().events(c.id()), [Seen::Open, Seen::Closed]);
+    // Silence is a drop (the person may come back), not a goodbye.
+    assert!(d.ep.app().dropped.contains(&c.id()));
     assert!(c.is_shut());
     d.eof(&c);
     d.drive();
@@ -972,6 +1008,7 @@ fn close_started_by_the_client() {
     );
     let seen = [Seen::Open, Seen::Text("one".into()), Seen::Text("two".into()), Seen::Closed];
     assert_eq!(d.ep.app().events(c.id()), seen);
+    assert!(!d.ep.app().dropped.contains(&c.id()), "a close handshake is no drop");
     assert!(c.is_shut());
     d.input(&c, &text("late"));
     d.drive();
@@ -1087,6 +1124,7 @@ fn failed_send_drops_the_connection_and_tells_the_app() {
     d.drive();
     assert!(c.is_dropped());
     assert_eq!(d.ep.app().events(c.id()).last(), Some(&Seen::Closed));
+    assert!(d.ep.app().dropped.contains(&c.id()));
     // The application's answer to that Closed is applied at the next turn's apply point.
     assert_eq!(d.frames(&other), [Frame::Text("left".into())]);
 }

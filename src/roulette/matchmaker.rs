@@ -85,6 +85,10 @@ struct Waiter {
     wake: Option<Instant>,
 }
 
+/// A searcher's place in the queue, held while its connection is away.
+#[derive(Debug)]
+pub struct Parked(Waiter);
+
 /// The waiting queue and the matching rules. See the module documentation.
 #[derive(Debug)]
 pub struct Matchmaker {
@@ -158,6 +162,24 @@ impl Matchmaker {
     /// was waiting.
     pub fn cancel(&mut self, peer: PeerId) -> bool {
         self.remove(peer).is_some()
+    }
+
+    /// Takes `peer` out of the queue but keeps its place: it is not matched until
+    /// [`unpark`](Self::unpark) puts it back (a searcher whose connection dropped).
+    pub fn park(&mut self, peer: PeerId) -> Option<Parked> {
+        self.remove(peer).map(Parked)
+    }
+
+    /// Puts a parked searcher back in its old place under its new id (the resumed connection)
+    /// and returns the match if someone compatible arrived meanwhile.
+    pub fn unpark(&mut self, now: Instant, peer: PeerId, parked: Parked) -> Option<Match> {
+        self.prune(now);
+        let mut w = parked.0;
+        if !w.is_open && self.deadline(&w).is_some_and(|d| now >= d) {
+            w.is_open = true;
+        }
+        w.blocked_since = None;
+        self.place(now, peer, w)
     }
 
     /// Records that `a` and `b` just parted: they will not be paired again before

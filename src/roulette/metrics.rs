@@ -21,6 +21,9 @@
 //! | `chatd_rate_limited_total` | counter | messages, typing events and searches dropped for rate |
 //! | `chatd_abuse_closes_total` | counter | connections closed with 1008 |
 //! | `chatd_binary_closes_total` | counter | connections closed with 1003 |
+//! | `chatd_resume_drops_total` | counter | dropped connections whose session waits for a resume |
+//! | `chatd_resumes_total` | counter | sessions resumed by a new connection |
+//! | `chatd_resume_expiries_total` | counter | sessions whose resume window passed |
 //!
 //! Owns: the roulette's counters. May not touch: formatting rules (those are `crate::metrics`).
 use std::time::Duration;
@@ -101,6 +104,12 @@ pub struct RouletteCounters {
     pub abuse_closes: u64,
     /// Connections the roulette closed with 1003 (binary frame).
     pub binary_closes: u64,
+    /// Connections that dropped (no close handshake) and whose session waits for a resume.
+    pub resume_drops: u64,
+    /// Sessions resumed by a new connection.
+    pub resumes: u64,
+    /// Sessions whose resume window passed.
+    pub resume_expiries: u64,
 }
 
 impl RouletteCounters {
@@ -172,6 +181,19 @@ pub(super) fn write(out: &mut String, stats: RouletteStats, c: &RouletteCounters
         "chatd_binary_closes_total",
         "Connections closed with 1003 for sending a binary message.",
         c.binary_closes,
+    );
+    counter(
+        out,
+        "chatd_resume_drops_total",
+        "Connections that dropped without a close handshake; their chat or search waits for a resume.",
+        c.resume_drops,
+    );
+    counter(out, "chatd_resumes_total", "Sessions a new connection resumed.", c.resumes);
+    counter(
+        out,
+        "chatd_resume_expiries_total",
+        "Sessions whose resume window passed (the partner was told disconnected).",
+        c.resume_expiries,
     );
 }
 
@@ -296,10 +318,10 @@ pub(crate) mod tests {
         }
         assert_eq!(m["chatd_match_wait_seconds_bucket{le=\"+Inf\"}"], 0.0);
         assert_eq!(m["chatd_match_wait_seconds_sum"], 0.0);
-        assert_eq!(m.len(), 3 + 3 + (WAIT_BUCKETS.len() + 1 + 2) + ErrorCode::ALL.len() + 3);
+        assert_eq!(m.len(), 3 + 3 + (WAIT_BUCKETS.len() + 1 + 2) + ErrorCode::ALL.len() + 6);
         assert!(m.values().all(|&v| v == 0.0));
         let families = out.lines().filter(|l| l.starts_with("# TYPE ")).count();
-        assert_eq!(families, 11);
+        assert_eq!(families, 14);
     }
 
     #[test]

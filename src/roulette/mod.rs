@@ -36,13 +36,13 @@ use std::{
 };
 
 use self::{
-    matchmaker::{Match, Matchmaker},
+    matchmaker::{Match, Matchmaker, Parked},
     metrics::RouletteCounters,
     protocol::{ClientMessage, Interests, LeaveReason, RequestError, ServerMessage},
 };
 use crate::{
     app::{Action, App, Event, Message, PeerId},
-    cluster::{Event as ClusterEvent, Op},
+    cluster::{Event as ClusterEvent, Forwarded, Op},
     ws::close_code,
 };
 
@@ -66,6 +66,9 @@ pub struct ChatConfig {
     pub rematch_cooldown: std::time::Duration,
     /// Online-count updates are sent at most this often. Default 5 s.
     pub online_interval: std::time::Duration,
+    /// How long a dropped connection's chat or search waits for a `resume`. Default 20 s;
+    /// zero turns resuming off.
+    pub resume_window: std::time::Duration,
 }
 
 impl Default for ChatConfig {
@@ -77,6 +80,7 @@ impl Default for ChatConfig {
             interest_timeout: std::time::Duration::from_secs(5),
             rematch_cooldown: std::time::Duration::from_secs(10),
             online_interval: std::time::Duration::from_secs(5),
+            resume_window: std::time::Duration::from_secs(20),
         }
     }
 }
@@ -92,6 +96,22 @@ pub const SEARCH_BURST: u32 = 20;
 
 /// Refill rate of the search budget: a skip per second, sustained.
 pub const SEARCH_PER_SECOND: f64 = 1.0;
+
+/// Lines (and the typing state) kept for an away person at most, and their bytes: past either,
+/// the oldest go first.
+pub const KEPT_LINES: usize = 50;
+/// See [`KEPT_LINES`].
+pub const KEPT_BYTES: usize = 64 * 1024;
+
+/// How long a connection waits for another worker to hand a session over.
+const RESUME_WAIT: Duration = Duration::from_secs(5);
+
+/// How long lines still addressed to a session that moved to another worker are sent on.
+const FORWARD_FOR: Duration = Duration::from_secs(5);
+
+/// The close code and reason of a connection whose session a newer one resumed.
+const CLOSE_RESUMED: u16 = 4000;
+const REASON_RESUMED: &str = "resumed elsewhere";
 
 const REASON_BINARY: &str = "binary messages are not supported";
 const REASON_ABUSE: &str = "too many invalid or rate-limited messages";
@@ -149,10 +169,67 @@ impl TokenBucket {
     }
 }
 
+/// A resume token: 128 random bits, written as 32 lowercase hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Token([u8; 16]);
+
+impl Token {
+    fn hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The token written by [`hex`](Self::hex); anything else is no token.
+    fn parse(s: &str) -> Option<Token> {
+        let s = s.as_bytes();
+        if s.len() != 32 {
+            return None;
+        }
+        let mut t = [0u8; 16];
+        for (i, pair) in s.chunks(2).enumerate() {
+            let digit = |c: u8| (c as char).to_digit(16).filter(|_| !c.is_ascii_uppercase());
+            t[i] = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
+        }
+        Some(Token(t))
+    }
+}
+
+/// Fills `buf` from the kernel's random source (`getrandom(2)`, else `/dev/urandom`).
+pub fn os_random(buf: &mut [u8]) {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: the pointer and length describe `rest`, which the kernel writes at most.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n > 0 {
+            filled += n as usize;
+        } else if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            break;
+        }
+    }
+    if filled < buf.len() {
+        use std::io::Read;
+        let read =
+            std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf[filled..]));
+        if read.is_err() {
+            // No kernel source at all: std's per-process random hash keys, mixed per call.
+            use std::hash::{BuildHasher, Hasher};
+            for chunk in buf[filled..].chunks_mut(8) {
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write_usize(chunk.as_ptr() as usize);
+                chunk.copy_from_slice(&h.finish().to_le_bytes()[..chunk.len()]);
+            }
+        }
+    }
+}
+
 /// One connection's state.
 #[derive(Debug)]
 struct Peer {
     state: ChatState,
+    /// The token that resumes this person's session after a drop.
+    token: Token,
+    /// A message was handled (`resume` is only good as the first).
+    spoke: bool,
     /// The typing state last relayed to the partner; reset when a chat starts or ends and when
     /// a message is relayed (the receiving client clears the indicator on a message).
     typing: bool,
@@ -162,13 +239,47 @@ struct Peer {
 }
 
 impl Peer {
-    fn new(now: u64, config: &ChatConfig) -> Peer {
+    fn new(now: u64, config: &ChatConfig, token: Token) -> Peer {
         Peer {
             state: ChatState::Idle,
+            token,
+            spoke: false,
             typing: false,
             messages: TokenBucket::full(now, config.rate_burst),
             searches: TokenBucket::full(now, SEARCH_BURST),
             errors: TokenBucket::full(now, ERROR_BURST),
+        }
+    }
+}
+
+/// A person whose connection dropped, kept under its old id for `resume_window`: its chat or
+/// its place in the queue, and what its partner sent meanwhile.
+#[derive(Debug)]
+struct Away {
+    peer: Peer,
+    until: Instant,
+    /// Encoded messages for it, oldest first (a typing state replaces the one before it).
+    kept: VecDeque<String>,
+    kept_bytes: usize,
+    /// A searcher's place (one process).
+    parked: Option<Parked>,
+    /// A searcher's interests (in a cluster, whose queue keeps the place).
+    interests: Vec<String>,
+}
+
+impl Away {
+    fn keep(&mut self, json: String) {
+        let is_typing = |j: &str| j.starts_with(r#"{"type":"typing""#);
+        if is_typing(&json) && self.kept.back().is_some_and(|j| is_typing(j)) {
+            if let Some(old) = self.kept.pop_back() {
+                self.kept_bytes -= old.len();
+            }
+        }
+        self.kept_bytes += json.len();
+        self.kept.push_back(json);
+        while self.kept.len() > KEPT_LINES || self.kept_bytes > KEPT_BYTES {
+            let Some(old) = self.kept.pop_front() else { break };
+            self.kept_bytes -= old.len();
         }
     }
 }
@@ -268,6 +379,13 @@ pub struct Roulette {
     counters: RouletteCounters,
     /// The shared crowd, when this roulette is one worker of a cluster.
     cluster: Option<Cluster>,
+    /// Every resume token here, live or away, and whose it is.
+    tokens: HashMap<Token, PeerId>,
+    /// People whose connection dropped, by their old id, and when each one's window ends.
+    away: HashMap<PeerId, Away>,
+    away_wakes: BTreeSet<(Instant, PeerId)>,
+    /// Where tokens come from ([`os_random`] unless a test says otherwise).
+    random: fn(&mut [u8]),
 }
 
 /// Proxy ids of partners on other workers carry this worker number (local workers are
@@ -296,6 +414,11 @@ struct Cluster {
     up: bool,
     /// The crowd across every worker, from the last heartbeat.
     crowd: Option<usize>,
+    /// Connections waiting for another worker to hand their session over, until when.
+    resuming: HashMap<PeerId, Instant>,
+    /// Sessions that moved to another worker: their new key, and until when records still
+    /// addressed to the old id are sent on.
+    moved: HashMap<PeerId, (String, Instant)>,
 }
 
 impl Cluster {
@@ -323,6 +446,17 @@ impl Cluster {
         self.remote_ids.insert(key.to_owned(), id);
         self.remote_keys.insert(id, key.to_owned());
         id
+    }
+
+    /// The id of `key` if this worker knows it (a local peer or a partner's proxy).
+    fn known_id(&self, key: &str) -> Option<PeerId> {
+        match key.rsplit_once('#') {
+            Some((worker, id)) if worker == self.worker => {
+                let n = id.parse::<u64>().ok()?;
+                Some(PeerId::new((n >> 56) as u8, (n >> 32) as u32 & 0xff_ffff, n as u32))
+            }
+            _ => self.remote_ids.get(key).copied(),
+        }
     }
 
     fn forget(&mut self, proxy: PeerId) {
@@ -355,7 +489,17 @@ impl Roulette {
             is_draining: false,
             counters: RouletteCounters::default(),
             cluster: None,
+            tokens: HashMap::new(),
+            away: HashMap::new(),
+            away_wakes: BTreeSet::new(),
+            random: os_random,
         }
+    }
+
+    /// The same roulette drawing its resume tokens from `random` (tests).
+    pub fn with_random(mut self, random: fn(&mut [u8])) -> Roulette {
+        self.random = random;
+        self
     }
 
     /// A roulette that is worker `worker` ("node/index/pid") of a cluster: it matches through
@@ -372,6 +516,8 @@ impl Roulette {
             wakes: BTreeSet::new(),
             up: false,
             crowd: None,
+            resuming: HashMap::new(),
+            moved: HashMap::new(),
         });
         r
     }
@@ -384,7 +530,8 @@ impl Roulette {
         }
     }
 
-    /// Sends `msg` to `to`, through the cluster if `to` is on another worker.
+    /// Sends `msg` to `to`, through the cluster if `to` is on another worker, or keeps it for
+    /// `to`'s resume if `to` is away.
     fn deliver(
         &mut self,
         out: &mut Vec<Action>,
@@ -397,8 +544,28 @@ impl Roulette {
                 let key = c.key(to);
                 c.ops.push_back(Op::Relay { to: key, from, json: msg.encode() });
             }
-            _ => send(out, to, msg),
+            _ => self.send_local(out, to, msg.encode()),
         }
+    }
+
+    /// Sends an encoded message to local `to`, or keeps it if `to` is away.
+    fn send_local(&mut self, out: &mut Vec<Action>, to: PeerId, json: String) {
+        match self.away.get_mut(&to) {
+            Some(a) => a.keep(json),
+            None => out.push(Action::Send { to, message: Message::Text(json) }),
+        }
+    }
+
+    /// A local person's state, connected or away.
+    fn person_mut(&mut self, id: PeerId) -> Option<&mut Peer> {
+        match self.peers.get_mut(&id) {
+            Some(p) => Some(p),
+            None => self.away.get_mut(&id).map(|a| &mut a.peer),
+        }
+    }
+
+    fn person(&self, id: PeerId) -> Option<&Peer> {
+        self.peers.get(&id).or_else(|| self.away.get(&id).map(|a| &a.peer))
     }
 
     /// Applies a reloaded `[chat]` table. Live connections get the new limits at once: message
@@ -438,7 +605,14 @@ impl Roulette {
             return; // A repeated Open is a server bug; the first one counted.
         }
         let now_ms = self.millis(now);
-        self.peers.insert(peer, Peer::new(now_ms, &self.config));
+        let mut bytes = [0u8; 16];
+        (self.random)(&mut bytes);
+        let token = Token(bytes);
+        self.tokens.insert(token, peer);
+        if let Some(c) = &mut self.cluster {
+            c.ops.push_back(Op::Token { peer, token: token.hex() });
+        }
+        self.peers.insert(peer, Peer::new(now_ms, &self.config, token));
         if self.online.sent_at.is_none() {
             // The first person is told the count by the welcome, and nobody else is here: that
             // counts as the first broadcast and starts the interval.
@@ -447,18 +621,19 @@ impl Roulette {
         let welcome = ServerMessage::Welcome {
             online: self.online_count(),
             max_message_chars: self.config.max_message_chars,
+            resume_token: &token.hex(),
         };
         send(out, peer, &welcome);
     }
 
     fn handle_text(&mut self, now: Instant, peer: PeerId, text: &str, out: &mut Vec<Action>) {
-        match self.peers.get(&peer) {
-            Some(p) if p.state != ChatState::Closing => {}
+        let first = match self.peers.get_mut(&peer) {
+            Some(p) if p.state != ChatState::Closing => !std::mem::replace(&mut p.spoke, true),
             // Unknown (before Open, after Closed) or being closed: nothing to say.
             _ => return,
-        }
-        let result =
-            ClientMessage::parse(text).and_then(|msg| self.handle_message(now, peer, msg, out));
+        };
+        let result = ClientMessage::parse(text)
+            .and_then(|msg| self.handle_message(now, peer, msg, first, out));
         if let Err(e) = result {
             self.reply_error(now, peer, &e, out);
         }
@@ -469,8 +644,16 @@ impl Roulette {
         now: Instant,
         peer: PeerId,
         msg: ClientMessage<'_>,
+        first: bool,
         out: &mut Vec<Action>,
     ) -> protocol::Result<()> {
+        if let ClientMessage::Resume { token } = &msg {
+            return self.handle_resume(now, peer, token, first, out);
+        }
+        if let Some(c) = &mut self.cluster {
+            // Anything else while a handover is awaited: the connection goes on as itself.
+            c.resuming.remove(&peer);
+        }
         match msg {
             ClientMessage::Search { interests } => self.handle_search(now, peer, interests, out),
             ClientMessage::Message { text } => self.handle_chat_message(now, peer, &text, out),
@@ -479,6 +662,7 @@ impl Roulette {
                 self.end_activity(now, peer, LeaveReason::Left, out);
                 Ok(())
             }
+            ClientMessage::Resume { .. } => Ok(()),
         }
     }
 
@@ -618,7 +802,7 @@ impl Roulette {
         out: &mut Vec<Action>,
     ) {
         for (me, other) in [(peer, partner), (partner, peer)] {
-            if let Some(p) = self.peers.get_mut(&me) {
+            if let Some(p) = self.person_mut(me) {
                 if p.state == ChatState::Chatting(other) {
                     p.state = ChatState::Idle;
                 }
@@ -639,11 +823,11 @@ impl Roulette {
                     });
                 } else {
                     c.ops.push_back(Op::Part { peer, partner: partner_key, reason: None });
-                    send(out, partner, &ServerMessage::PartnerLeft { reason });
+                    self.deliver(out, peer, partner, &ServerMessage::PartnerLeft { reason });
                 }
             }
             None => {
-                send(out, partner, &ServerMessage::PartnerLeft { reason });
+                self.deliver(out, peer, partner, &ServerMessage::PartnerLeft { reason });
                 self.matchmaker.handle_parting(now, peer, partner);
             }
         }
@@ -733,22 +917,52 @@ impl Roulette {
                 }
             }
             ClusterEvent::RemoteLeft { to, from, reason } => {
-                let Some(&proxy) = c.remote_ids.get(&from) else { return };
-                c.forget(proxy);
-                if let Some(p) = self.peers.get_mut(&to) {
-                    if p.state == ChatState::Chatting(proxy) {
-                        p.state = ChatState::Idle;
-                        p.typing = false;
-                        self.pairs = self.pairs.saturating_sub(1);
-                        let reason = LeaveReason::from_wire(&reason);
-                        send(out, to, &ServerMessage::PartnerLeft { reason });
+                if let Some((new, _)) = c.moved.get(&to).filter(|(_, t)| *t > now) {
+                    let what = Forwarded::Left(reason);
+                    c.ops.push_back(Op::Forward { to: new.clone(), from, what });
+                    return;
+                }
+                let Some(proxy) = c.known_id(&from) else { return };
+                let Some(p) = self.person_mut(to) else { return };
+                if p.state == ChatState::Chatting(proxy) {
+                    p.state = ChatState::Idle;
+                    p.typing = false;
+                    self.pairs = self.pairs.saturating_sub(1);
+                    if let Some(c) = &mut self.cluster {
+                        if is_remote(proxy) {
+                            c.forget(proxy);
+                        }
                     }
+                    let reason = LeaveReason::from_wire(&reason);
+                    self.send_local(out, to, ServerMessage::PartnerLeft { reason }.encode());
                 }
             }
             ClusterEvent::RemoteText { to, from, json } => {
-                let Some(&proxy) = c.remote_ids.get(&from) else { return };
-                if self.peers.get(&to).is_some_and(|p| p.state == ChatState::Chatting(proxy)) {
-                    out.push(Action::Send { to, message: Message::Text(json) });
+                if let Some((new, _)) = c.moved.get(&to).filter(|(_, t)| *t > now) {
+                    let what = Forwarded::Text(json);
+                    c.ops.push_back(Op::Forward { to: new.clone(), from, what });
+                    return;
+                }
+                // From a proxy, or from a local peer whose line went to a session that moved
+                // here (sent on by its old worker).
+                let Some(sender) = c.known_id(&from) else { return };
+                if self.person(to).is_some_and(|p| p.state == ChatState::Chatting(sender)) {
+                    self.send_local(out, to, json);
+                }
+            }
+            ClusterEvent::ResumeAsked { old, new } => self.hand_over(now, old, new, out),
+            ClusterEvent::ResumeRefused { to } => {
+                if c.resuming.remove(&to).is_some() {
+                    self.reply_error_now(to, &RequestError::ResumeFailed, out);
+                }
+            }
+            ClusterEvent::HandedOver { to, old, body } => self.handed_over(to, &old, &body, out),
+            ClusterEvent::Rekeyed { to, old, new } => {
+                let Some(proxy) = c.remote_ids.remove(&old) else { return };
+                c.remote_keys.insert(proxy, new.clone());
+                c.remote_ids.insert(new, proxy);
+                if self.person(to).is_some_and(|p| p.state == ChatState::Chatting(proxy)) {
+                    self.send_local(out, to, ServerMessage::PartnerBack.encode());
                 }
             }
             ClusterEvent::Online(n) => c.crowd = Some(n),
@@ -763,11 +977,18 @@ impl Roulette {
             ClusterEvent::Down => {
                 c.up = false;
                 c.wakes.clear();
+                let resuming: Vec<PeerId> = c.resuming.drain().map(|(p, _)| p).collect();
+                for peer in resuming {
+                    self.reply_error_now(peer, &RequestError::ResumeFailed, out);
+                }
                 // Chats with people elsewhere cannot go on without the link; chats here do.
+                let away = self.away.iter().map(|(&id, a)| (id, &a.peer));
                 let remote: Vec<(PeerId, PeerId)> = self
                     .peers
                     .iter()
-                    .filter_map(|(&id, p)| match p.state {
+                    .map(|(&id, p)| (id, p))
+                    .chain(away)
+                    .filter_map(|(id, p)| match p.state {
                         ChatState::Chatting(partner) if is_remote(partner) => Some((id, partner)),
                         _ => None,
                     })
@@ -776,16 +997,13 @@ impl Roulette {
                     if let Some(c) = &mut self.cluster {
                         c.forget(proxy);
                     }
-                    if let Some(p) = self.peers.get_mut(&id) {
+                    if let Some(p) = self.person_mut(id) {
                         p.state = ChatState::Idle;
                         p.typing = false;
                     }
                     self.pairs = self.pairs.saturating_sub(1);
-                    send(
-                        out,
-                        id,
-                        &ServerMessage::PartnerLeft { reason: LeaveReason::Disconnected },
-                    );
+                    let msg = ServerMessage::PartnerLeft { reason: LeaveReason::Disconnected };
+                    self.send_local(out, id, msg.encode());
                 }
                 let Some(c) = &self.cluster else { return };
                 let searchers: Vec<PeerId> = c.searching.keys().copied().collect();
@@ -844,9 +1062,347 @@ impl Roulette {
         out.push(Action::Close { peer, code, reason });
     }
 
-    fn handle_closed(&mut self, now: Instant, peer: PeerId, out: &mut Vec<Action>) {
+    /// A connection ended. A drop (no close handshake) keeps its chat or search for
+    /// `resume_window`; anything else ends them at once.
+    fn handle_closed(&mut self, now: Instant, peer: PeerId, dropped: bool, out: &mut Vec<Action>) {
+        if let Some(c) = &mut self.cluster {
+            c.resuming.remove(&peer);
+        }
+        let Some(p) = self.peers.get(&peer) else { return };
+        let window = self.config.resume_window;
+        if dropped && !window.is_zero() && !self.is_draining && p.state != ChatState::Closing {
+            self.go_away(now, peer, out);
+            return;
+        }
         self.end_activity(now, peer, LeaveReason::Disconnected, out);
-        self.peers.remove(&peer);
+        if let Some(p) = self.peers.remove(&peer) {
+            self.forget_token(peer, p.token);
+        }
+    }
+
+    /// `peer`'s token is no good any more.
+    fn forget_token(&mut self, peer: PeerId, token: Token) {
+        if self.tokens.get(&token) == Some(&peer) {
+            self.tokens.remove(&token);
+        }
+        if let Some(c) = &mut self.cluster {
+            c.ops.push_back(Op::Untoken { peer, token: token.hex() });
+        }
+    }
+
+    /// `peer` dropped: it leaves the table (its slot will be reused) for `away`, where its
+    /// chat or its place waits; its partner is told `partner_away`.
+    fn go_away(&mut self, now: Instant, peer: PeerId, out: &mut Vec<Action>) {
+        let Some(mut p) = self.peers.remove(&peer) else { return };
+        p.typing = false;
+        let until = now + self.config.resume_window;
+        let mut a = Away {
+            peer: p,
+            until,
+            kept: VecDeque::new(),
+            kept_bytes: 0,
+            parked: None,
+            interests: Vec::new(),
+        };
+        match a.peer.state {
+            ChatState::Chatting(partner) => {
+                self.deliver(out, peer, partner, &ServerMessage::PartnerAway);
+            }
+            ChatState::Searching => match &mut self.cluster {
+                Some(c) => {
+                    a.interests = c.searching.remove(&peer).unwrap_or_default();
+                    c.wakes.retain(|&(_, p)| p != peer);
+                    c.ops.push_back(Op::Park { peer });
+                }
+                None => a.parked = self.matchmaker.park(peer),
+            },
+            ChatState::Idle | ChatState::Closing => {}
+        }
+        self.counters.resume_drops += 1;
+        self.away_wakes.insert((until, peer));
+        self.away.insert(peer, a);
+    }
+
+    /// `peer` will not come back (its window passed, the server stops): its chat ends as a
+    /// disconnect would have, its place is given up.
+    fn end_away(&mut self, now: Instant, peer: PeerId, out: &mut Vec<Action>) {
+        let Some(a) = self.away.remove(&peer) else { return };
+        match a.peer.state {
+            ChatState::Chatting(partner) => {
+                self.end_chat(now, peer, partner, LeaveReason::Disconnected, out)
+            }
+            ChatState::Searching => {
+                if let Some(c) = &mut self.cluster {
+                    c.ops.push_back(Op::Cancel { peer });
+                }
+            }
+            ChatState::Idle | ChatState::Closing => {}
+        }
+        self.forget_token(peer, a.peer.token);
+    }
+
+    /// `resume`: only as a connection's first message, with a token this worker holds (or,
+    /// in a cluster, one that Redis knows: the handover then comes from the other worker).
+    fn handle_resume(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        token: &str,
+        first: bool,
+        out: &mut Vec<Action>,
+    ) -> protocol::Result<()> {
+        let token = Token::parse(token).filter(|_| first).ok_or(RequestError::ResumeFailed)?;
+        match self.tokens.get(&token).copied() {
+            Some(old) if old != peer => {
+                let a = self.take_session(now, old, out).ok_or(RequestError::ResumeFailed)?;
+                self.adopt(now, peer, old, a, out);
+                Ok(())
+            }
+            Some(_) => Err(RequestError::ResumeFailed),
+            None => match &mut self.cluster {
+                Some(c) if c.up => {
+                    c.resuming.insert(peer, now + RESUME_WAIT);
+                    c.ops.push_back(Op::Resume { peer, token: token.hex() });
+                    Ok(())
+                }
+                _ => Err(RequestError::ResumeFailed),
+            },
+        }
+    }
+
+    /// Takes local `old`'s session for a resume: from `away`, or from a connection still open
+    /// (which is closed with 4000: a newer one took its place). Its token is used up.
+    fn take_session(&mut self, now: Instant, old: PeerId, out: &mut Vec<Action>) -> Option<Away> {
+        let a = match self.away.remove(&old) {
+            Some(a) => {
+                self.away_wakes.remove(&(a.until, old));
+                a
+            }
+            None => {
+                if self.peers.get(&old)?.state == ChatState::Closing {
+                    return None;
+                }
+                out.push(Action::Close { peer: old, code: CLOSE_RESUMED, reason: REASON_RESUMED });
+                // Its Closed finds nobody: the session leaves the table now.
+                let peer = self.peers.remove(&old)?;
+                let mut a = Away {
+                    peer,
+                    until: now,
+                    kept: VecDeque::new(),
+                    kept_bytes: 0,
+                    parked: None,
+                    interests: Vec::new(),
+                };
+                if a.peer.state == ChatState::Searching {
+                    match &mut self.cluster {
+                        Some(c) => {
+                            a.interests = c.searching.remove(&old).unwrap_or_default();
+                            c.wakes.retain(|&(_, p)| p != old);
+                            c.ops.push_back(Op::Park { peer: old });
+                        }
+                        None => a.parked = self.matchmaker.park(old),
+                    }
+                }
+                a
+            }
+        };
+        self.forget_token(old, a.peer.token);
+        Some(a)
+    }
+
+    /// Local connection `new` takes over local session `old`: `resumed`, the kept lines, then
+    /// the chat or the search goes on where it was.
+    fn adopt(&mut self, now: Instant, new: PeerId, old: PeerId, a: Away, out: &mut Vec<Action>) {
+        let Some(p) = self.peers.get_mut(&new) else { return };
+        p.state = a.peer.state;
+        p.typing = false;
+        let token = p.token.hex();
+        let state = state_name(a.peer.state);
+        send(out, new, &ServerMessage::Resumed { resume_token: &token, state });
+        out.extend(
+            a.kept.into_iter().map(|json| Action::Send { to: new, message: Message::Text(json) }),
+        );
+        self.counters.resumes += 1;
+        match a.peer.state {
+            ChatState::Chatting(partner) => {
+                if let Some(c) = &mut self.cluster {
+                    // Redis' pairs follow; a partner on another worker is told the new key.
+                    let (new_key, partner) = (c.key(new), Some(c.key(partner)));
+                    let body = String::new();
+                    let op = Op::Handover { old, new: new_key, partner, searching: false, body };
+                    c.ops.push_back(op);
+                }
+                if !is_remote(partner) {
+                    if let Some(q) = self.person_mut(partner) {
+                        if q.state == ChatState::Chatting(old) {
+                            q.state = ChatState::Chatting(new);
+                        }
+                    }
+                    self.deliver(out, new, partner, &ServerMessage::PartnerBack);
+                }
+            }
+            ChatState::Searching => match &mut self.cluster {
+                Some(c) => {
+                    let new_key = c.key(new);
+                    c.ops.push_back(Op::Handover {
+                        old,
+                        new: new_key,
+                        partner: None,
+                        searching: true,
+                        body: String::new(),
+                    });
+                    c.searching.insert(new, a.interests);
+                    self.research(new);
+                }
+                None => {
+                    let m = match a.parked {
+                        Some(parked) => self.matchmaker.unpark(now, new, parked),
+                        None => self.matchmaker.handle_search(now, new, Interests::none()),
+                    };
+                    if let Some(m) = m {
+                        self.start_chat(now, m, out);
+                    }
+                }
+            },
+            ChatState::Idle | ChatState::Closing => {}
+        }
+    }
+
+    /// Another worker's connection `new` resumes local session `old`: the session is handed
+    /// over through Redis, with its state and kept lines.
+    fn hand_over(&mut self, now: Instant, old: PeerId, new: String, out: &mut Vec<Action>) {
+        let Some(a) = self.take_session(now, old, out) else {
+            if let Some(c) = &mut self.cluster {
+                c.ops.push_back(Op::Refuse { to: new });
+            }
+            return;
+        };
+        let Some(c) = &mut self.cluster else { return };
+        let mut partner_key = None;
+        if let ChatState::Chatting(partner) = a.peer.state {
+            partner_key = Some(c.key(partner));
+            if is_remote(partner) {
+                c.forget(partner);
+                self.pairs = self.pairs.saturating_sub(1);
+            } else {
+                let proxy = c.id_of(&new);
+                if let Some(q) = self.person_mut(partner) {
+                    if q.state == ChatState::Chatting(old) {
+                        q.state = ChatState::Chatting(proxy);
+                    }
+                }
+                self.deliver(out, proxy, partner, &ServerMessage::PartnerBack);
+            }
+        }
+        let searching = a.peer.state == ChatState::Searching;
+        let body = serde_json::json!({
+            "state": state_name(a.peer.state),
+            "partner": partner_key,
+            "interests": a.interests,
+            "kept": a.kept,
+        })
+        .to_string();
+        let Some(c) = &mut self.cluster else { return };
+        c.moved.retain(|_, (_, until)| *until > now);
+        c.moved.insert(old, (new.clone(), now + FORWARD_FOR));
+        c.ops.push_back(Op::Handover { old, new, partner: partner_key, searching, body });
+    }
+
+    /// Local connection `to` gets the session another worker handed over.
+    fn handed_over(&mut self, to: PeerId, old: &str, body: &str, out: &mut Vec<Action>) {
+        #[derive(serde::Deserialize)]
+        struct Body {
+            state: String,
+            partner: Option<String>,
+            #[serde(default)]
+            interests: Vec<String>,
+            #[serde(default)]
+            kept: Vec<String>,
+        }
+        let Some(c) = &mut self.cluster else { return };
+        let waited = c.resuming.remove(&to).is_some();
+        let Ok(b) = serde_json::from_str::<Body>(body) else { return };
+        let is_idle = self.peers.get(&to).is_some_and(|p| p.state == ChatState::Idle);
+        let Some(c) = &mut self.cluster else { return };
+        let partner = b.partner.as_deref().filter(|_| b.state == "chatting");
+        let partner_id = partner.map(|k| c.id_of(k));
+        // A partner here still knows the session by its old key.
+        let old_proxy = c.remote_ids.get(old).copied();
+        if !(waited && is_idle) {
+            // Too late (the connection gave up, left or went on as itself): the session ends.
+            let mut local_partner = None;
+            if let (Some(key), Some(id)) = (partner, partner_id) {
+                let reason = if is_remote(id) {
+                    c.forget(id);
+                    Some(LeaveReason::Disconnected.as_str())
+                } else {
+                    local_partner = old_proxy.map(|proxy| (id, proxy));
+                    None
+                };
+                c.ops.push_back(Op::Part { peer: to, partner: key.to_owned(), reason });
+            }
+            if b.state == "searching" {
+                c.ops.push_back(Op::Cancel { peer: to });
+            }
+            if let Some((id, proxy)) = local_partner {
+                c.forget(proxy);
+                if let Some(q) =
+                    self.person_mut(id).filter(|q| q.state == ChatState::Chatting(proxy))
+                {
+                    q.state = ChatState::Idle;
+                    q.typing = false;
+                    self.pairs = self.pairs.saturating_sub(1);
+                    let msg = ServerMessage::PartnerLeft { reason: LeaveReason::Disconnected };
+                    self.send_local(out, id, msg.encode());
+                }
+            }
+            if waited {
+                self.reply_error_now(to, &RequestError::ResumeFailed, out);
+            }
+            return;
+        }
+        let state = match (b.state.as_str(), partner_id) {
+            ("chatting", Some(id)) => ChatState::Chatting(id),
+            ("searching", _) => ChatState::Searching,
+            _ => ChatState::Idle,
+        };
+        let Some(p) = self.peers.get_mut(&to) else { return };
+        p.state = state;
+        let token = p.token.hex();
+        send(out, to, &ServerMessage::Resumed { resume_token: &token, state: state_name(state) });
+        out.extend(
+            b.kept.into_iter().map(|json| Action::Send { to, message: Message::Text(json) }),
+        );
+        self.counters.resumes += 1;
+        match state {
+            ChatState::Chatting(id) if !is_remote(id) => {
+                // The partner is here: it chatted with a proxy of the old key.
+                if let (Some(c), Some(proxy)) = (&mut self.cluster, old_proxy) {
+                    c.forget(proxy);
+                    if let Some(q) = self.person_mut(id) {
+                        if q.state == ChatState::Chatting(proxy) {
+                            q.state = ChatState::Chatting(to);
+                        }
+                    }
+                }
+                self.deliver(out, to, id, &ServerMessage::PartnerBack);
+            }
+            ChatState::Chatting(_) => self.pairs += 1,
+            ChatState::Searching => {
+                if let Some(c) = &mut self.cluster {
+                    c.searching.insert(to, b.interests);
+                }
+                self.research(to);
+            }
+            _ => {}
+        }
+    }
+
+    /// `error` for a request that is not being handled now (a resume answered late).
+    fn reply_error_now(&mut self, peer: PeerId, e: &RequestError, out: &mut Vec<Action>) {
+        self.counters.count_error(e.code());
+        let message = e.to_string();
+        send(out, peer, &ServerMessage::Error { code: e.code(), message: &message });
     }
 
     /// Answers a refused request with `error`, or closes with 1008 if the error budget is spent.
@@ -896,16 +1452,42 @@ impl App for Roulette {
                     self.close(now, peer, close_code::UNSUPPORTED, REASON_BINARY, out);
                 }
             }
-            Event::Closed => self.handle_closed(now, peer, out),
+            Event::Closed { dropped } => self.handle_closed(now, peer, dropped, out),
         }
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
         let wake = self.cluster.as_ref().and_then(|c| c.wakes.first().map(|&(t, _)| t));
-        [self.online_due(), self.matchmaker.poll_timeout(), wake].into_iter().flatten().min()
+        let resume = self.cluster.as_ref().and_then(|c| c.resuming.values().min().copied());
+        let away = self.away_wakes.first().map(|&(t, _)| t);
+        [self.online_due(), self.matchmaker.poll_timeout(), wake, resume, away]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn handle_timeout(&mut self, now: Instant, out: &mut Vec<Action>) {
+        while let Some(&(at, peer)) = self.away_wakes.first() {
+            if at > now {
+                break;
+            }
+            self.away_wakes.pop_first();
+            if self.away.contains_key(&peer) {
+                self.counters.resume_expiries += 1;
+                self.end_away(now, peer, out);
+            }
+        }
+        if let Some(c) = &mut self.cluster {
+            // Handovers that did not come in time.
+            let late: Vec<PeerId> =
+                c.resuming.iter().filter(|&(_, &t)| t <= now).map(|(&p, _)| p).collect();
+            for peer in late {
+                if let Some(c) = &mut self.cluster {
+                    c.resuming.remove(&peer);
+                }
+                self.reply_error_now(peer, &RequestError::ResumeFailed, out);
+            }
+        }
         while let Some(&(at, peer)) = self.cluster.as_ref().and_then(|c| c.wakes.first()) {
             if at > now {
                 break;
@@ -942,7 +1524,8 @@ impl App for Roulette {
 
     fn cluster_state(&self, pairs: &mut Vec<(PeerId, String)>) -> usize {
         if let Some(c) = &self.cluster {
-            for (&id, p) in self.peers.iter() {
+            let away = self.away.iter().map(|(id, a)| (id, &a.peer));
+            for (&id, p) in self.peers.iter().chain(away) {
                 if let ChatState::Chatting(partner) = p.state {
                     if is_remote(partner) {
                         pairs.push((id, c.key(partner)));
@@ -960,8 +1543,15 @@ impl App for Roulette {
 
     /// Tells everyone in a chat `partner_left {reason: "shutdown"}` (in `PeerId` order, for
     /// determinism), empties the queue and stops matching and online broadcasts.
-    fn handle_shutdown(&mut self, _now: Instant, out: &mut Vec<Action>) {
+    fn handle_shutdown(&mut self, now: Instant, out: &mut Vec<Action>) {
         self.is_draining = true;
+        // Nobody can come back to a server that stops: away sessions end now, as a disconnect.
+        let mut away: Vec<PeerId> = self.away.keys().copied().collect();
+        away.sort_unstable();
+        self.away_wakes.clear();
+        for peer in away {
+            self.end_away(now, peer, out);
+        }
         let mut chatting: Vec<PeerId> = self
             .peers
             .iter()
@@ -1005,6 +1595,15 @@ impl App for Roulette {
     }
 }
 
+/// A state as `resumed` names it.
+fn state_name(state: ChatState) -> &'static str {
+    match state {
+        ChatState::Chatting(_) => "chatting",
+        ChatState::Searching => "searching",
+        ChatState::Idle | ChatState::Closing => "idle",
+    }
+}
+
 fn send(out: &mut Vec<Action>, to: PeerId, msg: &ServerMessage<'_>) {
     out.push(Action::Send { to, message: Message::Text(msg.encode()) });
 }
@@ -1036,6 +1635,19 @@ mod tests {
         PeerId::new(0, 0, n)
     }
 
+    /// Tokens 1, 2, 3, ... (each test thread counts on its own), so runs repeat exactly.
+    fn counting_random(buf: &mut [u8]) {
+        thread_local!(static NEXT: std::cell::Cell<u128> = const { std::cell::Cell::new(0) });
+        let n = NEXT.with(|c| {
+            c.set(c.get() + 1);
+            c.get()
+        });
+        for (b, n) in buf.iter_mut().zip(n.to_be_bytes().iter().rev().chain(std::iter::repeat(&0)))
+        {
+            *b = *n;
+        }
+    }
+
     /// The defaults, except that online broadcasts are rare so they do not clutter inboxes.
     fn quiet_config() -> ChatConfig {
         ChatConfig { online_interval: Duration::from_secs(3600), ..ChatConfig::default() }
@@ -1049,7 +1661,7 @@ mod tests {
         fn with(config: ChatConfig) -> Driver {
             let base = Instant::now();
             Driver {
-                app: Roulette::new(config),
+                app: Roulette::new(config).with_random(counting_random),
                 base,
                 now: base,
                 open: BTreeSet::new(),
@@ -1121,10 +1733,26 @@ mod tests {
             assert_eq!(self.recv(n)[0]["type"], "welcome");
         }
 
+        /// `n` closed with a close handshake.
         fn closed(&mut self, n: u32) {
-            self.event(n, Event::Closed);
+            self.event(n, Event::Closed { dropped: false });
             self.open.remove(&id(n));
             self.inbox.remove(&id(n));
+        }
+
+        /// `n`'s connection dropped (a reset, a ping timeout).
+        fn dropped(&mut self, n: u32) {
+            self.event(n, Event::Closed { dropped: true });
+            self.open.remove(&id(n));
+            self.inbox.remove(&id(n));
+        }
+
+        /// `n`'s resume token, from its welcome (which is drained).
+        fn join_token(&mut self, n: u32) -> String {
+            self.open(n);
+            let welcome = self.recv(n).remove(0);
+            assert_eq!(welcome["type"], "welcome");
+            welcome["resume_token"].as_str().expect("a token").to_owned()
         }
 
         fn text(&mut self, n: u32, text: &str) {
@@ -1203,17 +1831,21 @@ mod tests {
         fn check(&self) {
             let app = &self.app;
             let mut chatting = 0;
-            for (&me, p) in app.peers.iter() {
+            let away = app.away.iter().map(|(id, a)| (id, &a.peer));
+            for (&me, p) in app.peers.iter().chain(away) {
+                let is_away = app.away.contains_key(&me);
+                assert_eq!(app.tokens.get(&p.token), Some(&me), "every person's token is known");
                 match p.state {
                     ChatState::Chatting(other) => {
                         chatting += 1;
                         assert_ne!(me, other);
                         assert_eq!(
-                            app.peers.get(&other).expect("partner is a peer").state,
+                            app.person(other).expect("partner is a person").state,
                             ChatState::Chatting(me)
                         );
                         assert!(!app.matchmaker.is_waiting(me));
                     }
+                    ChatState::Searching if is_away => assert!(!app.matchmaker.is_waiting(me)),
                     ChatState::Searching => {
                         assert!(app.is_draining || app.matchmaker.is_waiting(me))
                     }
@@ -1227,6 +1859,8 @@ mod tests {
             }
             assert_eq!(chatting, 2 * app.pairs);
             assert!(app.matchmaker.len() <= app.peers.len());
+            assert_eq!(app.tokens.len(), app.peers.len() + app.away.len());
+            assert_eq!(app.away_wakes.len(), app.away.len());
         }
     }
 
@@ -1318,8 +1952,8 @@ mod tests {
         assert_eq!(m["chatd_rate_limited_total"], 1.0);
         assert_eq!(m["chatd_abuse_closes_total"], 0.0);
         assert_eq!(m["chatd_binary_closes_total"], 0.0);
-        // Nothing else: 3 gauges, 3 counters, 12 buckets + sum + count, 7 codes, 3 counters.
-        assert_eq!(m.len(), 3 + 3 + 14 + 7 + 3);
+        // Nothing else: 3 gauges, 3 counters, 12 buckets + sum + count, 8 codes, 6 counters.
+        assert_eq!(m.len(), 3 + 3 + 14 + 8 + 6);
 
         // Ending the chat moves the gauges, not the counters.
         d.leave(2);
@@ -1403,9 +2037,18 @@ mod tests {
     fn welcome_on_open() {
         let mut d = Driver::new();
         d.open(1);
-        assert_eq!(d.recv(1), [json!({"type":"welcome","online":1,"max_message_chars":2000})]);
+        let welcome = |online, token| json!({"type":"welcome","online":online,"max_message_chars":2000,"resume_token":token});
+        let token = d.app.peers.get(&id(1)).unwrap().token.hex();
+        assert_eq!(d.recv(1), [welcome(1, &token)]);
         d.open(2);
-        assert_eq!(d.recv(2), [json!({"type":"welcome","online":2,"max_message_chars":2000})]);
+        let other = d.app.peers.get(&id(2)).unwrap().token.hex();
+        assert_eq!(d.recv(2), [welcome(2, &other)]);
+        // 128 bits in lowercase hex, one per connection.
+        assert!(
+            token.len() == 32
+                && token.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+        );
+        assert_ne!(token, other);
         assert_eq!(d.app.stats(), RouletteStats { online: 2, searching: 0, pairs: 0 });
     }
 
@@ -1549,6 +2192,256 @@ mod tests {
         // Messages now get not_in_chat.
         d.say(2, "hello?");
         assert_eq!(d.errors(2), ["not_in_chat"]);
+    }
+
+    fn resume(d: &mut Driver, n: u32, token: &str) {
+        d.send(n, json!({"type":"resume","token":token}));
+    }
+
+    #[test]
+    fn a_dropped_chat_resumes_with_the_lines_kept_in_order() {
+        let mut d = Driver::new();
+        let token = d.join_token(1);
+        d.join(2);
+        d.pair(1, 2);
+        d.typing(1, true);
+        d.recv(2);
+        d.dropped(1);
+        assert_eq!(d.recv(2), [json!({"type":"partner_away"})]);
+        assert_eq!(d.app.stats(), RouletteStats { online: 1, searching: 0, pairs: 1 });
+        d.say(2, "one");
+        d.typing(2, true);
+        d.typing(2, false);
+        d.say(2, "two");
+        assert!(d.recv(2).is_empty(), "the partner is not told more, nor refused");
+        d.at(19.0);
+        let new_token = d.join_token(3);
+        resume(&mut d, 3, &token);
+        assert_eq!(
+            d.recv(3),
+            [
+                json!({"type":"resumed","resume_token":new_token,"state":"chatting"}),
+                json!({"type":"message","text":"one"}),
+                json!({"type":"typing","active":false}),
+                json!({"type":"message","text":"two"}),
+            ]
+        );
+        assert_eq!(d.recv(2), [json!({"type":"partner_back"})]);
+        // The chat goes on both ways, under the new connection.
+        d.say(3, "back");
+        assert_eq!(d.recv(2), [json!({"type":"message","text":"back"})]);
+        d.say(2, "welcome back");
+        assert_eq!(d.recv(3), [json!({"type":"message","text":"welcome back"})]);
+        let m = metrics_of(&d);
+        assert_eq!(m["chatd_resume_drops_total"], 1.0);
+        assert_eq!(m["chatd_resumes_total"], 1.0);
+        assert_eq!(m["chatd_resume_expiries_total"], 0.0);
+        // The old token is used up; the new one works for the next drop.
+        d.join(4);
+        resume(&mut d, 4, &token);
+        assert_eq!(d.errors(4), ["resume_failed"]);
+        d.dropped(3);
+        assert_eq!(d.types(2), ["partner_away"]);
+        d.join(5);
+        resume(&mut d, 5, &new_token);
+        assert_eq!(d.types(5), ["resumed"]);
+        assert_eq!(d.types(2), ["partner_back"]);
+    }
+
+    #[test]
+    fn kept_lines_are_capped_oldest_first() {
+        let mut d = Driver::with(ChatConfig { rate_burst: 1000, ..quiet_config() });
+        let token = d.join_token(1);
+        d.join(2);
+        d.pair(1, 2);
+        d.dropped(1);
+        d.recv(2);
+        for i in 0..KEPT_LINES + 10 {
+            d.say(2, &format!("line {i}"));
+        }
+        d.join(3);
+        resume(&mut d, 3, &token);
+        let got = d.recv(3);
+        assert_eq!(got.len(), 1 + KEPT_LINES);
+        assert_eq!(got[1]["text"], "line 10");
+        assert_eq!(got[KEPT_LINES]["text"], format!("line {}", KEPT_LINES + 9));
+        // And by bytes: a few long lines push out the older ones.
+        let token = d.join_token(6);
+        d.join(7);
+        d.pair(6, 7);
+        d.dropped(6);
+        let long = "x".repeat(1900);
+        for _ in 0..40 {
+            d.say(7, &long);
+        }
+        d.join(8);
+        resume(&mut d, 8, &token);
+        let kept = d.recv(8).len() - 1;
+        assert!(kept < 40 && kept * 1900 <= KEPT_BYTES, "{kept}");
+    }
+
+    #[test]
+    fn the_window_passes_and_the_partner_is_told_disconnected() {
+        let mut d = Driver::new();
+        let token = d.join_token(1);
+        d.join(2);
+        d.pair(1, 2);
+        d.dropped(1);
+        assert_eq!(d.types(2), ["partner_away"]);
+        d.at(19.9);
+        assert!(d.recv(2).is_empty());
+        d.at(20.0);
+        assert_eq!(d.recv(2), [json!({"type":"partner_left","reason":"disconnected"})]);
+        assert_eq!(d.app.stats(), RouletteStats { online: 1, searching: 0, pairs: 0 });
+        assert_eq!(metrics_of(&d)["chatd_resume_expiries_total"], 1.0);
+        d.join(3);
+        resume(&mut d, 3, &token);
+        assert_eq!(d.errors(3), ["resume_failed"]);
+        // The refused connection carries on as a new person.
+        d.pair(3, 2);
+    }
+
+    #[test]
+    fn forged_late_and_own_tokens_fail_and_the_connection_carries_on() {
+        let mut d = Driver::new();
+        let token = d.join_token(1);
+        d.join(2);
+        d.pair(1, 2);
+        d.dropped(1);
+        d.recv(2);
+        let own = d.join_token(3);
+        for bad in ["", "00", &"0".repeat(32), &token.to_uppercase(), &own] {
+            resume(&mut d, 3, bad);
+            assert_eq!(d.errors(3), ["resume_failed"], "{bad}");
+        }
+        // A good token is refused after the first message.
+        resume(&mut d, 3, &token);
+        assert_eq!(d.errors(3), ["resume_failed"]);
+        assert!(d.recv(2).is_empty());
+        d.join(4);
+        resume(&mut d, 4, &token);
+        assert_eq!(d.types(4), ["resumed"]);
+        assert_eq!(d.types(2), ["partner_back"]);
+    }
+
+    #[test]
+    fn a_close_frame_or_a_zero_window_ends_the_chat_at_once() {
+        let mut d = Driver::with(ChatConfig { resume_window: Duration::ZERO, ..quiet_config() });
+        let token = d.join_token(1);
+        d.join(2);
+        d.pair(1, 2);
+        d.dropped(1);
+        assert_eq!(d.recv(2), [json!({"type":"partner_left","reason":"disconnected"})]);
+        d.join(3);
+        resume(&mut d, 3, &token);
+        assert_eq!(d.errors(3), ["resume_failed"]);
+        assert_eq!(metrics_of(&d)["chatd_resume_drops_total"], 0.0);
+    }
+
+    #[test]
+    fn an_open_old_connection_is_closed_with_4000_when_resumed() {
+        let mut d = Driver::new();
+        let token = d.join_token(1);
+        d.join(2);
+        d.pair(1, 2);
+        d.join(3);
+        resume(&mut d, 3, &token);
+        assert_eq!(d.closes, [(id(1), 4000)]);
+        assert_eq!(d.types(3), ["resumed"]);
+        assert_eq!(d.types(2), ["partner_back"]);
+        // The old connection's end changes nothing for the chat.
+        d.dropped(1);
+        assert!(d.recv(2).is_empty());
+        d.say(2, "still here");
+        assert_eq!(d.types(3), ["message"]);
+    }
+
+    #[test]
+    fn a_searcher_who_drops_keeps_the_place_and_is_not_matched_meanwhile() {
+        let mut d = Driver::new();
+        let token = d.join_token(1);
+        d.search_with(1, &["chess"]);
+        assert_eq!(d.types(1), ["searching"]);
+        d.dropped(1);
+        assert_eq!(d.app.stats().searching, 0);
+        d.join(2);
+        d.search_with(2, &["chess"]);
+        assert_eq!(d.types(2), ["searching"], "not matched with someone away");
+        d.join(3);
+        resume(&mut d, 3, &token);
+        assert_eq!(
+            d.recv(3),
+            [
+                json!({"type":"resumed","resume_token":d.app.peers.get(&id(3)).unwrap().token.hex(),"state":"searching"}),
+                json!({"type":"matched","common_interests":["chess"]}),
+            ]
+        );
+        assert_eq!(d.types(2), ["matched"]);
+        // The place: a picky searcher's deadline still counts from its first search.
+        let token = d.join_token(4);
+        d.search_with(4, &["go"]);
+        d.at(1.0);
+        d.dropped(4);
+        d.join(5);
+        resume(&mut d, 5, &token);
+        d.recv(5);
+        d.join(6);
+        d.search(6);
+        d.at(4.9);
+        assert_eq!(d.types(6), ["searching"]);
+        d.at(5.0);
+        assert_eq!(d.types(5), ["matched"]);
+        assert_eq!(d.types(6), ["matched"]);
+    }
+
+    #[test]
+    fn what_happens_while_away_is_told_on_resume() {
+        let mut d = Driver::new();
+        let token = d.join_token(1);
+        d.join(2);
+        d.pair(1, 2);
+        d.dropped(1);
+        d.recv(2);
+        // The partner skips: the away person is told when it comes back.
+        d.search(2);
+        assert_eq!(d.types(2), ["searching"]);
+        d.join(3);
+        resume(&mut d, 3, &token);
+        assert_eq!(d.recv(3)[1..], [json!({"type":"partner_left","reason":"next"})]);
+        assert_eq!(d.recv(3), Vec::<Value>::new());
+        d.leave(2);
+        // Both away at once, and both back.
+        let t4 = d.join_token(4);
+        let t5 = d.join_token(5);
+        d.pair(4, 5);
+        d.dropped(4);
+        d.dropped(5);
+        d.join(6);
+        resume(&mut d, 6, &t4);
+        d.join(7);
+        resume(&mut d, 7, &t5);
+        assert_eq!(d.types(6), ["resumed", "partner_away", "partner_back"]);
+        assert_eq!(d.types(7), ["resumed", "partner_back"]);
+        d.say(6, "hi");
+        assert_eq!(d.types(7), ["message"]);
+    }
+
+    #[test]
+    fn shutdown_ends_away_sessions() {
+        let mut d = Driver::new();
+        let token = d.join_token(1);
+        d.join(2);
+        d.pair(1, 2);
+        d.dropped(1);
+        d.recv(2);
+        let mut out = Vec::new();
+        d.app.handle_shutdown(d.now, &mut out);
+        d.apply(out);
+        assert_eq!(d.recv(2), [json!({"type":"partner_left","reason":"disconnected"})]);
+        assert!(d.app.away.is_empty() && d.app.poll_timeout().is_none());
+        d.join(3);
+        resume(&mut d, 3, &token);
+        assert_eq!(d.errors(3), ["resume_failed"]);
     }
 
     #[test]
@@ -2066,7 +2959,7 @@ mod tests {
         d.open.insert(id(9));
         d.text(9, "{\"type\":\"search\"}");
         d.event(9, Event::Binary(b"x"));
-        d.event(9, Event::Closed);
+        d.event(9, Event::Closed { dropped: true });
         assert!(d.recv(9).is_empty() && d.closes.is_empty());
         // A repeated Open is not a second welcome and does not reset the state.
         d.join(1);

@@ -68,6 +68,9 @@ pub enum RequestError {
     /// An interest contains a control character.
     #[error("interests may not contain control characters")]
     InterestControlChar,
+    /// `resume` came after another message, or its token is unknown, used or expired.
+    #[error("that session cannot be resumed")]
+    ResumeFailed,
 }
 
 /// Result type of this module.
@@ -90,6 +93,7 @@ impl RequestError {
             | RequestError::TooManyInterests
             | RequestError::InterestLength
             | RequestError::InterestControlChar => ErrorCode::BadInterests,
+            RequestError::ResumeFailed => ErrorCode::ResumeFailed,
         }
     }
 }
@@ -112,11 +116,13 @@ pub enum ErrorCode {
     RateLimited,
     /// `interests` invalid.
     BadInterests,
+    /// `resume` refused: not the first message, or a wrong, used or expired token.
+    ResumeFailed,
 }
 
 impl ErrorCode {
     /// Every code, for exhaustive tests and docs.
-    pub const ALL: [ErrorCode; 7] = [
+    pub const ALL: [ErrorCode; 8] = [
         ErrorCode::InvalidJson,
         ErrorCode::UnknownType,
         ErrorCode::NotInChat,
@@ -124,6 +130,7 @@ impl ErrorCode {
         ErrorCode::EmptyMessage,
         ErrorCode::RateLimited,
         ErrorCode::BadInterests,
+        ErrorCode::ResumeFailed,
     ];
 
     /// The code as written on the wire.
@@ -136,6 +143,7 @@ impl ErrorCode {
             ErrorCode::EmptyMessage => "empty_message",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::BadInterests => "bad_interests",
+            ErrorCode::ResumeFailed => "resume_failed",
         }
     }
 }
@@ -256,6 +264,12 @@ pub enum ClientMessage<'a> {
     },
     /// `{"type":"leave"}`: end the chat or cancel the search.
     Leave,
+    /// `{"type":"resume","token":"..."}`: take over the session of a dropped connection (only
+    /// as a connection's first message).
+    Resume {
+        /// The `resume_token` the old connection was given.
+        token: Cow<'a, str>,
+    },
 }
 
 #[derive(Deserialize)]
@@ -274,6 +288,12 @@ struct SearchBody {
 struct MessageBody<'a> {
     #[serde(borrow)]
     text: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct ResumeBody<'a> {
+    #[serde(borrow)]
+    token: Cow<'a, str>,
 }
 
 #[derive(Deserialize)]
@@ -347,6 +367,11 @@ impl<'a> ClientMessage<'a> {
                 Ok(ClientMessage::Typing { active: body.active })
             }
             "leave" => Ok(ClientMessage::Leave),
+            "resume" => {
+                let body: ResumeBody<'a> = serde_json::from_str(text)
+                    .map_err(|_| RequestError::BadField { field: "token" })?;
+                Ok(ClientMessage::Resume { token: body.token })
+            }
             _ => Err(RequestError::UnknownType),
         }
     }
@@ -398,7 +423,21 @@ pub enum ServerMessage<'a> {
         online: usize,
         /// The longest accepted chat message, in Unicode scalar values.
         max_message_chars: usize,
+        /// The token a new connection sends in `resume` to take this one's place after a drop.
+        resume_token: &'a str,
     },
+    /// The answer to a good `resume`: the session is back, in `state`; the lines and typing
+    /// kept meanwhile follow.
+    Resumed {
+        /// The token for the next resume (the old one is used up).
+        resume_token: &'a str,
+        /// `chatting`, `searching` or `idle`.
+        state: &'a str,
+    },
+    /// The partner's connection dropped; it may come back within the resume window.
+    PartnerAway,
+    /// The partner is back after a drop.
+    PartnerBack,
     /// The answer to every `search`, in order, before any `matched` it leads to.
     Searching,
     /// A partner was found.
@@ -487,6 +526,15 @@ mod tests {
         );
         assert_eq!(ClientMessage::parse(r#"{"type":"leave"}"#), Ok(ClientMessage::Leave));
         assert_eq!(ClientMessage::parse(" \n{\"type\":\"leave\"}\r\n "), Ok(ClientMessage::Leave));
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"resume","token":"00ff"}"#),
+            Ok(ClientMessage::Resume { token: "00ff".into() })
+        );
+        assert_eq!(err(r#"{"type":"resume"}"#), RequestError::BadField { field: "token" });
+        assert_eq!(
+            err(r#"{"type":"resume","token":7}"#),
+            RequestError::BadField { field: "token" }
+        );
     }
 
     #[test]
@@ -662,7 +710,8 @@ mod tests {
                 "message_too_long",
                 "empty_message",
                 "rate_limited",
-                "bad_interests"
+                "bad_interests",
+                "resume_failed"
             ]
         );
         // Every code is reachable from some RequestError.
@@ -674,6 +723,7 @@ mod tests {
             RequestError::EmptyMessage,
             RequestError::RateLimited,
             RequestError::TooManyInterests,
+            RequestError::ResumeFailed,
         ];
         for (e, code) in errors.iter().zip(ErrorCode::ALL) {
             assert_eq!(e.code(), code);
@@ -687,9 +737,15 @@ mod tests {
         let none = Interests::none();
         let cases: Vec<(ServerMessage<'_>, Value)> = vec![
             (
-                ServerMessage::Welcome { online: 3, max_message_chars: 2000 },
-                json!({"type":"welcome","online":3,"max_message_chars":2000}),
+                ServerMessage::Welcome { online: 3, max_message_chars: 2000, resume_token: "ab" },
+                json!({"type":"welcome","online":3,"max_message_chars":2000,"resume_token":"ab"}),
             ),
+            (
+                ServerMessage::Resumed { resume_token: "cd", state: "chatting" },
+                json!({"type":"resumed","resume_token":"cd","state":"chatting"}),
+            ),
+            (ServerMessage::PartnerAway, json!({"type":"partner_away"})),
+            (ServerMessage::PartnerBack, json!({"type":"partner_back"})),
             (ServerMessage::Searching, json!({"type":"searching"})),
             (
                 ServerMessage::Matched { common_interests: &common },

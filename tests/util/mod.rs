@@ -357,6 +357,11 @@ impl Server {
         self.request(&format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.host()))
     }
 
+    /// `/metrics` (from 127.0.0.1), as `series -> value`.
+    pub fn metrics(&self) -> std::collections::HashMap<String, f64> {
+        parse_metrics(&self.get("/metrics"))
+    }
+
     /// Opens a WebSocket on a fresh connection with a valid handshake, checks the 101 and reads
     /// the application's welcome message. The returned client is ready for frames.
     pub fn ws(&self) -> Client {
@@ -848,6 +853,35 @@ impl Chat {
         self.send(message(text));
     }
 
+    /// The `resume_token` of this connection's welcome.
+    pub fn token(&self) -> String {
+        self.welcome["resume_token"].as_str().expect("welcome has a resume_token").to_owned()
+    }
+
+    /// `{"type":"resume","token":token}`.
+    pub fn resume(&mut self, token: &str) {
+        self.send(json!({"type": "resume", "token": token}));
+    }
+
+    /// Ends the connection with a TCP reset (no close frame, no FIN): a network drop as the
+    /// server sees it.
+    pub fn reset(self) {
+        use std::os::fd::AsRawFd;
+        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+        // SAFETY: a valid socket and a `linger` of the size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.ws.get_ref().as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+        drop(self);
+    }
+
     /// The next WebSocket message before `deadline`, skipping pings and pongs; `None` on timeout.
     /// Always looks at least once (for 1 ms), so a deadline of now checks what has arrived.
     /// Panics if the connection fails.
@@ -982,4 +1016,18 @@ pub fn assert_no_more_notifications(sock: &std::os::unix::net::UnixDatagram) {
     let mut buf = [0u8; 4096];
     let extra = sock.recv(&mut buf).map(|n| String::from_utf8_lossy(&buf[..n]).into_owned());
     assert!(extra.is_err(), "unexpected notification {extra:?}");
+}
+
+/// A `/metrics` response, checked and parsed into `series -> value`.
+pub fn parse_metrics(r: &Response) -> std::collections::HashMap<String, f64> {
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.header("content-type").is_some_and(|t| t.starts_with("text/plain")), "{r:?}");
+    r.text()
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (k, v) = l.rsplit_once(' ').unwrap_or_else(|| panic!("bad metrics line {l:?}"));
+            (k.to_owned(), v.parse().unwrap_or_else(|_| panic!("bad value in {l:?}")))
+        })
+        .collect()
 }
