@@ -202,6 +202,92 @@ fn redis_lost_and_back_empty_pairing_resumes_and_local_chats_go_on() {
     s.expect(message("back"));
 }
 
+#[test]
+fn a_chat_resumes_on_the_other_node_with_the_lines_in_order() {
+    let (_redis, a, b) = two_nodes("rate_burst = 200\nrate_per_second = 100.0");
+    // X on A, Y on B. X drops and comes back on B, where its partner is.
+    let (x, mut y) = pair_across(&a, &b);
+    let token = x.token();
+    x.reset();
+    y.expect(json!({"type": "partner_away"}));
+    for line in ["one", "two", "three"] {
+        y.say(line);
+    }
+    let mut x = Chat::connect(b.addr());
+    x.resume(&token);
+    x.expect(json!({"type": "resumed", "resume_token": x.token(), "state": "chatting"}));
+    for line in ["one", "two", "three"] {
+        x.expect(message(line));
+    }
+    y.expect(json!({"type": "partner_back"}));
+    // Lines sent while the session moves arrive once each, in order, both ways.
+    for i in 0..20 {
+        y.say(&format!("y{i}"));
+        x.say(&format!("x{i}"));
+    }
+    for i in 0..20 {
+        x.expect(message(&format!("y{i}")));
+        y.expect(message(&format!("x{i}")));
+    }
+    // Again, back to A (its partner now on the other node), with the new token.
+    let token = x.token();
+    let mut x = {
+        let old = x;
+        old.reset();
+        y.expect(json!({"type": "partner_away"}));
+        y.say("four");
+        let mut x = Chat::connect(a.addr());
+        x.resume(&token);
+        x
+    };
+    x.expect_type("resumed");
+    x.expect(message("four"));
+    y.expect(json!({"type": "partner_back"}));
+    x.say("done");
+    y.expect(message("done"));
+    // The partner leaves: told on the resumed side.
+    y.send(json!({"type": "leave"}));
+    x.expect(json!({"type": "partner_left", "reason": "left"}));
+    let resumes = |s: &Server| s.metrics()["chatd_resumes_total"];
+    assert_eq!(resumes(&a) + resumes(&b), 2.0);
+}
+
+#[test]
+fn a_searcher_resumes_its_place_on_the_other_node_and_a_used_token_fails_everywhere() {
+    let (_redis, a, b) = two_nodes("");
+    let mut s = Chat::connect(a.addr());
+    let token = s.token();
+    search(&mut s, &["chess"]);
+    s.reset();
+    // Away: nobody is matched with it.
+    let mut t = Chat::connect(b.addr());
+    search(&mut t, &["chess"]);
+    t.expect_silence(300);
+    let mut s = Chat::connect(b.addr());
+    s.resume(&token);
+    s.expect(json!({"type": "resumed", "resume_token": s.token(), "state": "searching"}));
+    expect_pair(&mut s, &mut t, json!(["chess"]));
+    for node in [&a, &b] {
+        let mut u = Chat::connect(node.addr());
+        u.resume(&token);
+        u.expect_error("resume_failed");
+    }
+}
+
+#[test]
+fn a_session_on_a_node_that_dies_is_lost_gracefully() {
+    let (_redis, a, b) = two_nodes("");
+    let (mut x, y) = pair_across(&a, &b);
+    let token = y.token();
+    y.reset();
+    x.expect(json!({"type": "partner_away"}));
+    b.signal(libc::SIGKILL);
+    x.expect(json!({"type": "partner_left", "reason": "disconnected"}));
+    let mut z = Chat::connect(a.addr());
+    z.resume(&token);
+    z.expect_error("resume_failed");
+}
+
 /// A client of the random test, with what it has seen.
 struct Person {
     chat: Chat,
@@ -257,9 +343,6 @@ fn resume_elsewhere(people: &mut [Person], i: usize, server: &Server, node: usiz
         p.last_seq = None;
     }
     p.in_chat = chatting;
-    // Let the partner's worker learn the new address before the next line (the one reorder
-    // a resume may cause is a line in flight to the old worker; see the README).
-    thread::sleep(Duration::from_millis(30));
 }
 
 /// xorshift64*: seeded, no dependency.

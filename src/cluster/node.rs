@@ -112,6 +112,14 @@ pub enum Op {
         /// What it said.
         what: Forwarded,
     },
+    /// Tells the worker of `to` (a session's old key) that local `from`, its partner, now
+    /// writes to the session's new key: the last record it will get from `from`.
+    Mark {
+        /// The session's old key.
+        to: String,
+        /// The local partner.
+        from: PeerId,
+    },
     /// A JSON message for a partner on another worker, delivered as is.
     Relay {
         /// The partner's key.
@@ -130,6 +138,9 @@ pub enum Forwarded {
     Text(String),
     /// The partner left, with this reason.
     Left(String),
+    /// The partner's worker sends nothing more to the old worker: what it sent there has all
+    /// been forwarded.
+    End,
 }
 
 /// What the cluster tells the roulette.
@@ -219,6 +230,15 @@ pub enum Event {
         old: String,
         /// The partner's new key.
         new: String,
+    },
+    /// A partner's record that reached the session's old worker, sent on from there.
+    Forwarded {
+        /// The local peer (or, if it moved on again, its old id).
+        to: PeerId,
+        /// The partner's key.
+        from: String,
+        /// What it said.
+        what: Forwarded,
     },
     /// The whole crowd's size.
     Online(usize),
@@ -407,11 +427,17 @@ impl Node {
             Op::Forward { to, from, what } => {
                 let Some((worker, id)) = to.rsplit_once('#') else { return };
                 let record = match what {
-                    Forwarded::Text(json) => format!("T {id} {from}\n{json}"),
-                    Forwarded::Left(reason) => format!("L {id} {from} {reason}"),
+                    Forwarded::Text(json) => format!("U {id} {from}\n{json}"),
+                    Forwarded::Left(reason) => format!("V {id} {from} {reason}"),
+                    Forwarded::End => format!("E {id} {from}"),
                 };
                 frame(self.batches.entry(worker.to_owned()).or_default(), record.as_bytes());
                 self.stats.relayed_out += 1;
+            }
+            Op::Mark { to, from } => {
+                let Some((worker, id)) = to.rsplit_once('#') else { return };
+                let record = format!("E {id} {}", self.key(from));
+                frame(self.batches.entry(worker.to_owned()).or_default(), record.as_bytes());
             }
             Op::Refuse { to } => {
                 let Some((worker, id)) = to.rsplit_once('#') else { return };
@@ -723,6 +749,9 @@ fn parse_record(record: &[u8]) -> Option<Event> {
     match kind {
         "T" => Some(Event::RemoteText { to, from, json: body.to_owned() }),
         "X" => Some(Event::ResumeAsked { old: to, new: from }),
+        "U" => Some(Event::Forwarded { to, from, what: Forwarded::Text(body.to_owned()) }),
+        "V" => Some(Event::Forwarded { to, from, what: Forwarded::Left(extra.to_owned()) }),
+        "E" => Some(Event::Forwarded { to, from, what: Forwarded::End }),
         "F" => Some(Event::ResumeRefused { to }),
         "H" => Some(Event::HandedOver { to, old: from, body: body.to_owned() }),
         "R" => Some(Event::Rekeyed { to, old: from, new: extra.to_owned() }),

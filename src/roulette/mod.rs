@@ -103,11 +103,19 @@ pub const KEPT_LINES: usize = 50;
 /// See [`KEPT_LINES`].
 pub const KEPT_BYTES: usize = 64 * 1024;
 
+/// Away sessions kept at most (each holds up to [`KEPT_BYTES`]): past it, a drop ends the
+/// chat at once, so that a flood of connections that drop cannot grow memory without bound.
+pub const MAX_AWAY: usize = 50_000;
+
 /// How long a connection waits for another worker to hand a session over.
 const RESUME_WAIT: Duration = Duration::from_secs(5);
 
 /// How long lines still addressed to a session that moved to another worker are sent on.
 const FORWARD_FOR: Duration = Duration::from_secs(5);
+
+/// How long a resumed session's partner lines wait for those its old worker sends on (so that
+/// a line cannot overtake an earlier one); past it, they go out anyway.
+const HOLD_FOR: Duration = Duration::from_secs(2);
 
 /// The close code and reason of a connection whose session a newer one resumed.
 const CLOSE_RESUMED: u16 = 4000;
@@ -419,6 +427,9 @@ struct Cluster {
     /// Sessions that moved to another worker: their new key, and until when records still
     /// addressed to the old id are sent on.
     moved: HashMap<PeerId, (String, Instant)>,
+    /// Sessions that moved here whose partner's lines wait for the old worker's last forwarded
+    /// one (its `End`), until when, and the lines.
+    held: HashMap<PeerId, (Instant, Vec<String>)>,
 }
 
 impl Cluster {
@@ -518,6 +529,7 @@ impl Roulette {
             crowd: None,
             resuming: HashMap::new(),
             moved: HashMap::new(),
+            held: HashMap::new(),
         });
         r
     }
@@ -548,11 +560,82 @@ impl Roulette {
         }
     }
 
-    /// Sends an encoded message to local `to`, or keeps it if `to` is away.
+    /// Sends an encoded message to local `to`, or keeps it if `to` is away, or holds it while
+    /// `to`'s old worker may still forward earlier ones.
     fn send_local(&mut self, out: &mut Vec<Action>, to: PeerId, json: String) {
+        if let Some((_, lines)) = self.cluster.as_mut().and_then(|c| c.held.get_mut(&to)) {
+            lines.push(json);
+            return;
+        }
+        self.send_now(out, to, json);
+    }
+
+    /// Sends an encoded message to local `to` (or keeps it if `to` is away), holding nothing.
+    fn send_now(&mut self, out: &mut Vec<Action>, to: PeerId, json: String) {
         match self.away.get_mut(&to) {
             Some(a) => a.keep(json),
             None => out.push(Action::Send { to, message: Message::Text(json) }),
+        }
+    }
+
+    /// Sends what was held for `to`, in order.
+    fn release(&mut self, to: PeerId, out: &mut Vec<Action>) {
+        let Some((_, lines)) = self.cluster.as_mut().and_then(|c| c.held.remove(&to)) else {
+            return;
+        };
+        for json in lines {
+            self.send_now(out, to, json);
+        }
+    }
+
+    /// The partner `from` (a key) of local `to` left; `now` bypasses any hold (a record its
+    /// old worker sent on).
+    fn remote_left(
+        &mut self,
+        to: PeerId,
+        from: &str,
+        reason: &str,
+        now: bool,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(c) = &mut self.cluster else { return };
+        let Some(proxy) = c.known_id(from) else { return };
+        let Some(p) = self.person_mut(to) else { return };
+        if p.state != ChatState::Chatting(proxy) {
+            return;
+        }
+        p.state = ChatState::Idle;
+        p.typing = false;
+        self.pairs = self.pairs.saturating_sub(1);
+        if let Some(c) = &mut self.cluster {
+            if is_remote(proxy) {
+                c.forget(proxy);
+            }
+        }
+        let json = ServerMessage::PartnerLeft { reason: LeaveReason::from_wire(reason) }.encode();
+        if now {
+            self.send_now(out, to, json);
+        } else {
+            self.send_local(out, to, json);
+        }
+    }
+
+    /// A line from `from` (a key) for local `to`, if they are in a chat.
+    fn remote_text(
+        &mut self,
+        to: PeerId,
+        from: &str,
+        json: String,
+        now: bool,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(sender) = self.cluster.as_ref().and_then(|c| c.known_id(from)) else { return };
+        if self.person(to).is_some_and(|p| p.state == ChatState::Chatting(sender)) {
+            if now {
+                self.send_now(out, to, json);
+            } else {
+                self.send_local(out, to, json);
+            }
         }
     }
 
@@ -922,20 +1005,7 @@ impl Roulette {
                     c.ops.push_back(Op::Forward { to: new.clone(), from, what });
                     return;
                 }
-                let Some(proxy) = c.known_id(&from) else { return };
-                let Some(p) = self.person_mut(to) else { return };
-                if p.state == ChatState::Chatting(proxy) {
-                    p.state = ChatState::Idle;
-                    p.typing = false;
-                    self.pairs = self.pairs.saturating_sub(1);
-                    if let Some(c) = &mut self.cluster {
-                        if is_remote(proxy) {
-                            c.forget(proxy);
-                        }
-                    }
-                    let reason = LeaveReason::from_wire(&reason);
-                    self.send_local(out, to, ServerMessage::PartnerLeft { reason }.encode());
-                }
+                self.remote_left(to, &from, &reason, false, out);
             }
             ClusterEvent::RemoteText { to, from, json } => {
                 if let Some((new, _)) = c.moved.get(&to).filter(|(_, t)| *t > now) {
@@ -943,11 +1013,19 @@ impl Roulette {
                     c.ops.push_back(Op::Forward { to: new.clone(), from, what });
                     return;
                 }
-                // From a proxy, or from a local peer whose line went to a session that moved
-                // here (sent on by its old worker).
-                let Some(sender) = c.known_id(&from) else { return };
-                if self.person(to).is_some_and(|p| p.state == ChatState::Chatting(sender)) {
-                    self.send_local(out, to, json);
+                self.remote_text(to, &from, json, false, out);
+            }
+            ClusterEvent::Forwarded { to, from, what } => {
+                if let Some((new, _)) = c.moved.get(&to).filter(|(_, t)| *t > now) {
+                    c.ops.push_back(Op::Forward { to: new.clone(), from, what });
+                    return;
+                }
+                // Sent on by the session's old worker: older than anything held, so not held.
+                // The sender may be a local peer whose line went to the old worker.
+                match what {
+                    Forwarded::Text(json) => self.remote_text(to, &from, json, true, out),
+                    Forwarded::Left(reason) => self.remote_left(to, &from, &reason, true, out),
+                    Forwarded::End => self.release(to, out),
                 }
             }
             ClusterEvent::ResumeAsked { old, new } => self.hand_over(now, old, new, out),
@@ -956,11 +1034,16 @@ impl Roulette {
                     self.reply_error_now(to, &RequestError::ResumeFailed, out);
                 }
             }
-            ClusterEvent::HandedOver { to, old, body } => self.handed_over(to, &old, &body, out),
+            ClusterEvent::HandedOver { to, old, body } => {
+                self.handed_over(now, to, &old, &body, out)
+            }
             ClusterEvent::Rekeyed { to, old, new } => {
                 let Some(proxy) = c.remote_ids.remove(&old) else { return };
                 c.remote_keys.insert(proxy, new.clone());
                 c.remote_ids.insert(new, proxy);
+                // From here on `to` writes to the new key: the old worker sends on what it got
+                // before, then this mark, which lets the new worker deliver what it held.
+                c.ops.push_back(Op::Mark { to: old, from: to });
                 if self.person(to).is_some_and(|p| p.state == ChatState::Chatting(proxy)) {
                     self.send_local(out, to, ServerMessage::PartnerBack.encode());
                 }
@@ -1065,13 +1148,26 @@ impl Roulette {
     /// A connection ended. A drop (no close handshake) keeps its chat or search for
     /// `resume_window`; anything else ends them at once.
     fn handle_closed(&mut self, now: Instant, peer: PeerId, dropped: bool, out: &mut Vec<Action>) {
-        if let Some(c) = &mut self.cluster {
-            c.resuming.remove(&peer);
-        }
+        let held = match &mut self.cluster {
+            Some(c) => {
+                c.resuming.remove(&peer);
+                c.held.remove(&peer).map(|(_, lines)| lines)
+            }
+            None => None,
+        };
         let Some(p) = self.peers.get(&peer) else { return };
         let window = self.config.resume_window;
-        if dropped && !window.is_zero() && !self.is_draining && p.state != ChatState::Closing {
+        let has_room = self.away.len() < MAX_AWAY;
+        if dropped
+            && has_room
+            && !window.is_zero()
+            && !self.is_draining
+            && p.state != ChatState::Closing
+        {
             self.go_away(now, peer, out);
+            if let Some(a) = self.away.get_mut(&peer) {
+                held.into_iter().flatten().for_each(|json| a.keep(json));
+            }
             return;
         }
         self.end_activity(now, peer, LeaveReason::Disconnected, out);
@@ -1309,7 +1405,14 @@ impl Roulette {
     }
 
     /// Local connection `to` gets the session another worker handed over.
-    fn handed_over(&mut self, to: PeerId, old: &str, body: &str, out: &mut Vec<Action>) {
+    fn handed_over(
+        &mut self,
+        now: Instant,
+        to: PeerId,
+        old: &str,
+        body: &str,
+        out: &mut Vec<Action>,
+    ) {
         #[derive(serde::Deserialize)]
         struct Body {
             state: String,
@@ -1374,11 +1477,21 @@ impl Roulette {
             b.kept.into_iter().map(|json| Action::Send { to, message: Message::Text(json) }),
         );
         self.counters.resumes += 1;
+        if let (Some(c), Some(key)) = (&mut self.cluster, partner) {
+            // Lines the partner sent to the old worker are sent on from there: until the last
+            // one (`End`), the partner's newer lines wait, unless the partner was on the old
+            // worker itself (it switched at once and sent nothing there since).
+            let worker = |k: &str| k.rsplit_once('#').map(|(w, _)| w.to_owned());
+            if worker(key) != worker(old) {
+                c.held.insert(to, (now + HOLD_FOR, Vec::new()));
+            }
+        }
         match state {
             ChatState::Chatting(id) if !is_remote(id) => {
                 // The partner is here: it chatted with a proxy of the old key.
                 if let (Some(c), Some(proxy)) = (&mut self.cluster, old_proxy) {
                     c.forget(proxy);
+                    c.ops.push_back(Op::Mark { to: old.to_owned(), from: id });
                     if let Some(q) = self.person_mut(id) {
                         if q.state == ChatState::Chatting(proxy) {
                             q.state = ChatState::Chatting(to);
@@ -1458,7 +1571,9 @@ impl App for Roulette {
 
     fn poll_timeout(&self) -> Option<Instant> {
         let wake = self.cluster.as_ref().and_then(|c| c.wakes.first().map(|&(t, _)| t));
-        let resume = self.cluster.as_ref().and_then(|c| c.resuming.values().min().copied());
+        let resume = self.cluster.as_ref().and_then(|c| {
+            c.resuming.values().chain(c.held.values().map(|(t, _)| t)).min().copied()
+        });
         let away = self.away_wakes.first().map(|&(t, _)| t);
         [self.online_due(), self.matchmaker.poll_timeout(), wake, resume, away]
             .into_iter()
@@ -1478,14 +1593,20 @@ impl App for Roulette {
             }
         }
         if let Some(c) = &mut self.cluster {
-            // Handovers that did not come in time.
-            let late: Vec<PeerId> =
+            // Handovers that did not come in time, and held lines whose old worker never said
+            // it was done (it died, say).
+            let failed: Vec<PeerId> =
                 c.resuming.iter().filter(|&(_, &t)| t <= now).map(|(&p, _)| p).collect();
-            for peer in late {
-                if let Some(c) = &mut self.cluster {
-                    c.resuming.remove(&peer);
-                }
+            let due: Vec<PeerId> =
+                c.held.iter().filter(|&(_, (t, _))| *t <= now).map(|(&p, _)| p).collect();
+            for peer in &failed {
+                c.resuming.remove(peer);
+            }
+            for peer in failed {
                 self.reply_error_now(peer, &RequestError::ResumeFailed, out);
+            }
+            for peer in due {
+                self.release(peer, out);
             }
         }
         while let Some(&(at, peer)) = self.cluster.as_ref().and_then(|c| c.wakes.first()) {
@@ -2442,6 +2563,70 @@ mod tests {
         d.join(3);
         resume(&mut d, 3, &token);
         assert_eq!(d.errors(3), ["resume_failed"]);
+    }
+
+    /// The new worker's side of a handover, with the partner on a third worker: its direct
+    /// lines wait until the old worker has sent on the ones that reached it first.
+    #[test]
+    fn a_handed_over_chat_holds_the_partners_newer_lines_until_the_old_worker_is_done() {
+        let now = Instant::now();
+        let mut r =
+            Roulette::clustered(quiet_config(), "b/0/1".into()).with_random(counting_random);
+        let mut out = Vec::new();
+        r.handle_cluster_event(now, ClusterEvent::Up, &mut out);
+        let me = PeerId::new(0, 1, 7);
+        r.handle_event(now, me, Event::Open, &mut out);
+        r.handle_event(
+            now,
+            me,
+            Event::Text(r#"{"type":"resume","token":"0123456789abcdef0123456789abcdef"}"#),
+            &mut out,
+        );
+        let ops: Vec<Op> = std::iter::from_fn(|| r.poll_cluster_op()).collect();
+        assert!(
+            ops.iter().any(|op| matches!(op, Op::Resume { peer, .. } if *peer == me)),
+            "{ops:?}"
+        );
+        out.clear();
+        let partner = "c/0/1#5".to_owned();
+        let body = json!({"state":"chatting","partner":partner,"interests":[],"kept":[
+            json!({"type":"message","text":"kept"}).to_string()]});
+        let old = "a/0/1#3".to_owned();
+        let events = [
+            ClusterEvent::HandedOver { to: me, old: old.clone(), body: body.to_string() },
+            // Straight from the partner's worker, which has learnt the new key...
+            ClusterEvent::RemoteText { to: me, from: partner.clone(), json: "\"newer\"".into() },
+            // ...while the old worker still sends on what reached it before.
+            ClusterEvent::Forwarded {
+                to: me,
+                from: partner.clone(),
+                what: Forwarded::Text("\"older\"".into()),
+            },
+            ClusterEvent::Forwarded { to: me, from: partner.clone(), what: Forwarded::End },
+        ];
+        let mut got = Vec::new();
+        for e in events {
+            r.handle_cluster_event(now, e, &mut out);
+            got.extend(out.drain(..).filter_map(|a| match a {
+                Action::Send { message: Message::Text(t), .. } => Some(t),
+                _ => None,
+            }));
+        }
+        let types: Vec<String> = got
+            .iter()
+            .map(|t| match serde_json::from_str::<Value>(t).unwrap() {
+                Value::String(s) => s,
+                v => v["type"].as_str().unwrap().to_owned(),
+            })
+            .collect();
+        assert_eq!(types, ["resumed", "message", "older", "newer"]);
+        // After the End, nothing waits.
+        r.handle_cluster_event(
+            now,
+            ClusterEvent::RemoteText { to: me, from: partner.clone(), json: "\"x\"".into() },
+            &mut out,
+        );
+        assert_eq!(out.len(), 1, "not held any more");
     }
 
     #[test]
