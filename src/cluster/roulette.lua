@@ -1,4 +1,4 @@
--- chatd's shared roulette, run atomically by Redis (EVALSHA). One script, four operations,
+-- chatd's shared roulette, run atomically by Redis (EVALSHA). One script, every operation,
 -- so that a worker loads one SHA. Every key starts with the base ARGV[2] ("PREFIX:{q}"): one
 -- hash tag, so under Redis Cluster every key of the queue lives in one slot and each call
 -- stays atomic. Redis' own clock (TIME) orders everything, so hosts need not agree on time.
