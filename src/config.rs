@@ -762,6 +762,13 @@ mod tests {
         assert!(e.contains("`allowed_origins`"), "{e}");
         let e = parse("web_root = \"/nonexistent/dir\"").unwrap_err().to_string();
         assert!(e.contains("`web_root`"), "{e}");
+        // Resuming: off at "0s", at most 10 minutes.
+        assert_eq!(
+            parse("[chat]\nresume_window = \"0s\"").unwrap().chat.resume_window,
+            Duration::ZERO
+        );
+        let e = parse("[chat]\nresume_window = \"11m\"").unwrap_err().to_string();
+        assert!(e.contains("`chat.resume_window`"), "{e}");
     }
 
     #[test]
