@@ -56,6 +56,8 @@
   let noteTimer = 0;
   let unread = 0;
   let wasLost = false;
+  let tok = ''; // resume token, memory only
+  let resuming = false;
 
   const list = (items, type) => {
     try {
@@ -253,6 +255,7 @@
       everOpen = true;
       attempt = 0;
       closeNote = '';
+      resuming = tok && out({ type: 'resume', token: tok });
       render();
     };
     s.onmessage = (e) => {
@@ -268,6 +271,7 @@
   function lost(code) {
     conn = 'off';
     wasLost = true;
+    if (code !== 1006) tok = ''; // closed: no resume
     online.hidden = true;
     typingOff(false);
     peerTyping(false);
@@ -275,21 +279,38 @@
     if (code === 1001) closeNote = 'The server is restarting.';
     else if (code === 1008) closeNote = 'The server closed the connection: too many messages.';
     else closeNote = '';
-    if (mode === 'chatting') {
-      sys('Connection lost. The chat has ended.', 'end');
-      mode = 'searching'; // look again once back
-    }
+    if (!tok) drop();
     if (code === 1008) {
       if (mode === 'searching') mode = 'ended';
       endText = closeNote;
       attempt = Math.max(attempt, 4);
     }
-    const base = Math.min(30000, 1000 * 2 ** attempt);
+    const base = Math.min(tok && attempt < 20 ? 2000 : 30000, 1000 * 2 ** attempt);
     const delay = Math.max(1000, base / 2 + (Math.random() * base) / 2);
     attempt += 1;
     retryAt = Date.now() + delay;
     retryTimer = setTimeout(connect, delay);
     tickTimer = setInterval(render, 1000);
+    render();
+  }
+
+  function drop() {
+    if (mode !== 'chatting') return;
+    sys('Connection lost. The chat has ended.', 'end');
+    mode = 'searching'; // look again once back
+  }
+
+  // back online; keep: resumed
+  function back(keep) {
+    resuming = false;
+    if (!keep) {
+      drop();
+      if (mode === 'searching') {
+        sendSearch();
+        if (wasLost) sys('Reconnected. Looking for a stranger…');
+      }
+    }
+    wasLost = false;
     render();
   }
 
@@ -306,12 +327,16 @@
         paused = false;
         if (Number.isInteger(m.max_message_chars) && m.max_message_chars > 0) maxChars = m.max_message_chars;
         setOnline(m.online);
-        if (mode === 'searching') {
-          sendSearch();
-          if (wasLost) sys('Reconnected. Looking for a stranger…');
-        }
-        wasLost = false;
-        render();
+        tok = m.resume_token;
+        if (!resuming) back();
+        break;
+      case 'resumed':
+        tok = m.resume_token;
+        back(m.state === mode);
+        break;
+      case 'partner_away':
+      case 'partner_back':
+        if (mode === 'chatting') sys(m.type === 'partner_back' ? 'Stranger is back' : "Stranger's connection dropped, waiting…");
         break;
       case 'online':
         setOnline(m.count);
@@ -338,7 +363,8 @@
         render();
         break;
       case 'error':
-        onError(String(m.code || ''));
+        if (resuming) back(); // resume_failed (old server: unknown_type)
+        else onError(String(m.code || ''));
         break;
       default:
     }
@@ -485,6 +511,7 @@
   }
 
   function stopSearch() {
+    if (conn !== 'open') tok = '';
     out({ type: 'leave' });
     mode = 'idle';
     log.textContent = '';

@@ -8,6 +8,7 @@
 // The test starts the server itself, because it stops and restarts it to see the page reconnect.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
@@ -73,6 +74,54 @@ process.on('exit', () => {
   if (server && server.exitCode === null) server.kill('SIGKILL');
 });
 
+// ---- a TCP proxy that can take a page offline ---------------------------------------------------
+// context.setOffline() leaves an open WebSocket alone, so the page whose network drops loads the
+// page (and so its same-origin /ws) through this proxy. cut() resets every connection, so the
+// server sees a TCP reset and no close frame, and resets new ones at once until heal().
+function startProxy(port) {
+  const socks = new Set();
+  let down = false;
+  const srv = net.createServer((c) => {
+    if (down) {
+      c.resetAndDestroy();
+      return;
+    }
+    const u = net.connect(port, '127.0.0.1');
+    for (const [s, other] of [
+      [c, u],
+      [u, c],
+    ]) {
+      socks.add(s);
+      s.on('error', () => other.destroy());
+      s.on('close', () => {
+        socks.delete(s);
+        other.destroy();
+      });
+    }
+    c.pipe(u);
+    u.pipe(c);
+  });
+  return new Promise((resolve, reject) => {
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () =>
+      resolve({
+        url: `http://127.0.0.1:${srv.address().port}/`,
+        cut() {
+          down = true;
+          for (const s of socks) s.resetAndDestroy();
+        },
+        heal() {
+          down = false;
+        },
+        close() {
+          for (const s of socks) s.destroy();
+          srv.close();
+        },
+      }),
+    );
+  });
+}
+
 // ---- page helpers ----------------------------------------------------------------------------
 const problems = []; // console errors, page errors, failed requests
 let outage = false; // while the server is down, failed WebSocket connections are expected
@@ -112,7 +161,7 @@ async function shot(page, name) {
   await page.screenshot({ path: path.join(SHOTS, `${name}.png`) });
 }
 const lastText = (page, who) => page.locator(`#log .msg.${who} .text`).last();
-async function waitLastText(page, who, text) {
+async function waitLastText(page, who, text, timeout = 5000) {
   try {
     await page.waitForFunction(
       ([w, t]) => {
@@ -120,7 +169,7 @@ async function waitLastText(page, who, text) {
         return all.length > 0 && all[all.length - 1].textContent === t;
       },
       [who, text],
-      { timeout: 5000 },
+      { timeout },
     );
   } catch {
     const last = await lastText(page, who).textContent({ timeout: 1000 }).catch(() => null);
@@ -128,7 +177,134 @@ async function waitLastText(page, who, text) {
   }
   ok(true, `message shown as ${JSON.stringify(text.slice(0, 40))}`);
 }
+async function waitSys(page, text, timeout = 5000) {
+  try {
+    await page.waitForFunction((t) => [...document.querySelectorAll('#log .sys')].some((p) => p.textContent === t), text, { timeout });
+  } catch {
+    throw new Error(`(${step}) the log never showed ${JSON.stringify(text)}`);
+  }
+  ok(true, `log shows ${JSON.stringify(text)}`);
+}
+const texts = (page, who) => page.locator(`#log .msg.${who} .text`).allTextContents();
 const noXss = (page) => page.evaluate(() => window.__xss === undefined && !document.querySelector('#log img, #log script'));
+
+// Issue 12, "A dropped connection gets its chat back": A's network drops for 5 s in the middle of
+// a chat; B sees that and goes on writing; A comes back by itself, within the server's resume
+// window (20 s), and gets everything B wrote, in order.
+async function resume(browser) {
+  step = 'resume: pair through the proxy';
+  const px = await startProxy(Number(new URL(CHATD_URL).port));
+  const ctxA = await browser.newContext({ viewport: { width: 375, height: 720 }, deviceScaleFactor: 2, colorScheme: 'light' });
+  const ctxB = await browser.newContext({ viewport: { width: 1100, height: 760 }, colorScheme: 'dark' });
+  try {
+    const a = await ctxA.newPage();
+    const b = await ctxB.newPage();
+    watch(a, 'A');
+    watch(b, 'B');
+    const sockets = []; // A's WebSockets, each with the JSON frames it sent and received
+    const json = (f) => {
+      try {
+        return JSON.parse(f.payload);
+      } catch {
+        return {};
+      }
+    };
+    a.on('websocket', (ws) => {
+      const w = { sent: [], got: [] };
+      sockets.push(w);
+      ws.on('framesent', (f) => w.sent.push(json(f)));
+      ws.on('framereceived', (f) => w.got.push(json(f)));
+    });
+    await Promise.all([a.goto(px.url), b.goto(CHATD_URL)]);
+    for (const p of [a, b]) await p.locator('#online').waitFor({ state: 'visible', timeout: 5000 });
+    await a.locator('#start').click();
+    await b.locator('#start').click();
+    await waitStatus(a, /^Chatting/);
+    await waitStatus(b, /^Chatting/);
+    await a.locator('#input').fill('before the drop');
+    await a.keyboard.press('Enter');
+    await waitLastText(b, 'them', 'before the drop');
+    const held = sockets[0].got.filter((m) => m.type === 'welcome').pop()?.resume_token;
+    ok(sockets.length === 1 && /^[0-9a-f]{32}$/.test(held || ''), `welcome carries a resume token (${held})`);
+
+    step = 'resume: A offline for 5 s';
+    outage = true;
+    const cutAt = Date.now();
+    px.cut();
+    await waitStatus(a, /^Connection lost\. Reconnecting/, 5000);
+    ok(await a.locator('#send').isDisabled(), 'A: Send is disabled while offline');
+    await a.locator('#input').fill('typed while offline');
+    await a.locator('#input').press('Enter');
+    ok((await a.locator('#input').inputValue()) === 'typed while offline', 'A: a line typed offline stays in the box');
+    ok(/Not connected/.test(await a.locator('#note').textContent()), 'A: the note says it was not sent');
+    ok((await texts(a, 'you')).join('|') === 'before the drop', 'A: the transcript is kept and nothing was added');
+    ok(!/has ended/.test(await a.locator('#log').textContent()), 'A: the chat is not declared over while it may resume');
+    await waitSys(b, "Stranger's connection dropped, waiting…");
+    ok(/^Chatting/.test(await status(b)), 'B: still chatting while A is away');
+    for (const line of ['one while you were away', 'two while you were away']) {
+      await b.locator('#input').fill(line);
+      await b.keyboard.press('Enter');
+      await waitLastText(b, 'you', line);
+    }
+    await b.waitForTimeout(300);
+    ok((await b.locator('#log .msg.you.failed').count()) === 0, 'B: both lines were accepted by the server');
+    await shot(a, '08-offline');
+    await shot(b, '08-stranger-away-desktop-dark');
+    await fits375(a, 'offline');
+    const left = cutAt + 5000 - Date.now();
+    ok(left > 0, `B wrote both lines while A was offline (${5000 - left} ms in)`);
+    await sleep(left);
+
+    step = 'resume: A is back';
+    px.heal();
+    const healAt = Date.now();
+    await waitLastText(a, 'them', 'two while you were away', 12000);
+    const backIn = Date.now() - healAt;
+    outage = false;
+    ok(backIn < 4000, `A resumed by itself ${backIn} ms after the network came back`);
+    ok(Date.now() - cutAt < 20000, 'A resumed within the 20 s resume window');
+    ok(
+      (await texts(a, 'them')).join('|') === 'one while you were away|two while you were away',
+      "A: B's lines arrived once each, in order",
+    );
+    ok((await texts(a, 'you')).join('|') === 'before the drop', "A: A's own line is still there");
+    ok(!/has ended|Reconnected/.test(await a.locator('#log').textContent()), 'A: the same chat goes on, no new search');
+    await waitStatus(a, /^Chatting/);
+    await waitSys(b, 'Stranger is back');
+    const re = sockets.filter((w) => w.sent[0]?.type === 'resume');
+    ok(re.length === 1 && re[0].sent[0].token === held, "A's first message on the new socket is resume with the token it held");
+    const resumed = re[0].got.find((m) => m.type === 'resumed');
+    ok(resumed?.state === 'chatting', `the server answered resumed, state chatting (${JSON.stringify(resumed)})`);
+    ok(/^[0-9a-f]{32}$/.test(resumed.resume_token) && resumed.resume_token !== held, 'resumed carries a new token');
+
+    step = 'resume: the chat goes on';
+    await a.locator('#input').fill('after the resume');
+    await a.keyboard.press('Enter');
+    await waitLastText(b, 'them', 'after the resume');
+    await b.locator('#input').fill('welcome back');
+    await b.keyboard.press('Enter');
+    await waitLastText(a, 'them', 'welcome back');
+    await a.waitForTimeout(300);
+    await shot(a, '09-resumed');
+    await shot(b, '09-stranger-back-desktop-dark');
+
+    step = 'resume: the token is in memory only';
+    const tokens = sockets.flatMap((w) => w.got).map((m) => m.resume_token).filter(Boolean);
+    ok(tokens.length >= 2, `A was given ${tokens.length} tokens`);
+    for (const [p, ctx] of [
+      [a, ctxA],
+      [b, ctxB],
+    ]) {
+      const kept = await p.evaluate(() => JSON.stringify([{ ...localStorage }, { ...sessionStorage }, document.cookie]));
+      ok(!/[0-9a-f]{32}/.test(kept) && tokens.every((t) => !kept.includes(t)), `no token in localStorage, sessionStorage or cookies (${kept})`);
+      ok((await ctx.cookies()).length === 0, 'no cookies at all');
+    }
+  } finally {
+    await ctxA.close();
+    await ctxB.close();
+    px.close();
+  }
+}
 
 // ---- the test --------------------------------------------------------------------------------
 async function main() {
@@ -352,8 +528,8 @@ async function main() {
     await stopServer('SIGKILL'); // no close frame: the sockets just drop
     await waitStatus(a, /Connection lost\. Reconnecting in \d+ s/, 10000);
     await waitStatus(b, /Connection lost\. Reconnecting in \d+ s/, 10000);
-    ok(/Connection lost\. The chat has ended\./.test(await a.locator('#log').textContent()), 'the log says the chat ended with the connection');
-    ok((await a.locator('#next').textContent()) === 'Stop', 'while reconnecting the page intends to search again (Stop offered)');
+    ok(/You're now chatting/.test(await a.locator('#log').textContent()), 'the transcript stays while reconnecting');
+    ok(await a.locator('#send').isDisabled(), 'Send is disabled while the connection is down');
     await a.waitForTimeout(200);
     await shot(a, '07-connection-lost');
     await fits375(a, 'connection lost');
@@ -361,6 +537,8 @@ async function main() {
     await waitStatus(a, /Chatting/, 45000);
     await waitStatus(b, /Chatting/, 45000);
     outage = false;
+    // The new server process never saw the old sessions: the resume fails and the chat is over.
+    ok(/Connection lost\. The chat has ended\./.test(await a.locator('#log').textContent()), 'the log says the chat ended with the connection');
     ok(/Reconnected\. Looking for a stranger/.test(await a.locator('#log').textContent()), 'the log says it reconnected and is looking again');
 
     step = 'New chat button twice skips';
@@ -375,6 +553,8 @@ async function main() {
     ok(await noXss(b), 'window.__xss still undefined on B');
     await ctxA.close();
     await ctxB.close();
+
+    await resume(browser);
   } finally {
     await browser.close();
   }
@@ -385,7 +565,7 @@ async function main() {
 const timer = setTimeout(() => {
   console.error(`e2e: FAILED: timed out during "${step}"`);
   process.exit(1);
-}, 180000);
+}, 240000);
 try {
   await main();
   console.log(`e2e: ${passed.length} checks passed; screenshots in ${SHOTS}`);
