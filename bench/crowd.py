@@ -159,6 +159,8 @@ def main():
             f.write(f'listen = "127.0.0.1:{a.port}"\nlog_level = "warn"\n'
                     f"workers = {a.workers}\nmax_connections = {per_worker}\n"
                     + ('user = "nobody"\n' if os.getuid() == 0 else "")
+                    # The crowd comes from a few 127.0.0.x addresses.
+                    + "[safety]\nmax_connections_per_address = 0\n"
                     + f'[cluster]\nredis = "redis://127.0.0.1:{a.redis_port}"\nnode = "crowd"\n')
         chatd = subprocess.Popen([a.chatd, "--config", conf],
                                  stdout=open(os.path.join(tmp, "crowd-chatd.log"), "w"),

@@ -13,7 +13,11 @@ use std::{
 use serde::{de, Deserialize, Deserializer};
 
 pub use crate::roulette::ChatConfig;
-use crate::{cluster::RedisTarget, http::Cidr};
+use crate::{
+    cluster::RedisTarget,
+    http::Cidr,
+    safety::{AddressKey, BanList},
+};
 
 /// Most entries `trusted_proxies` may list: each request from a proxy is checked against every
 /// one, for each `X-Forwarded-For` entry examined.
@@ -150,6 +154,37 @@ pub struct FileConfig {
     pub workers: Option<FileWorkers>,
     /// The `[cluster]` table.
     pub cluster: Option<FileClusterConfig>,
+    /// The `[safety]` table.
+    pub safety: Option<FileSafetyConfig>,
+}
+
+/// The `[safety]` table as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSafetyConfig {
+    /// `safety.max_connections_per_address`
+    pub max_connections_per_address: Option<usize>,
+    /// `safety.ban_file`
+    pub ban_file: Option<PathBuf>,
+    /// `safety.address_key_file`
+    pub address_key_file: Option<PathBuf>,
+}
+
+/// The `[safety]` table, checked, with the ban file and the key file read.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SafetyConfig {
+    /// WebSockets one address (an IPv6 /64) may hold at once; one more gets 429. Default 8;
+    /// 0: no limit.
+    pub max_connections_per_address: usize,
+    /// The ban list's file (re-read on reload). Default none.
+    pub ban_file: Option<PathBuf>,
+    /// The addresses and networks refused with 403 at the upgrade.
+    pub bans: BanList,
+    /// A file holding the secret that address hashes are keyed with, so that every node agrees.
+    /// Default none: a random key per start.
+    pub address_key_file: Option<PathBuf>,
+    /// The key read from `address_key_file`.
+    pub address_key: Option<AddressKey>,
 }
 
 /// `workers = N` or `workers = "auto"`.
@@ -296,6 +331,8 @@ pub struct Config {
     pub workers: usize,
     /// The shared crowd (`[cluster]`); none: one process, matching in memory.
     pub cluster: Option<ClusterConfig>,
+    /// The `[safety]` table.
+    pub safety: SafetyConfig,
 }
 
 /// Most worker processes (a `PeerId` keeps 8 bits for the worker).
@@ -358,6 +395,7 @@ impl Default for Config {
             log_file: None,
             log_format: LogFormat::Text,
             chat: ChatConfig::default(),
+            safety: SafetyConfig { max_connections_per_address: 8, ..SafetyConfig::default() },
             workers: 1,
             cluster: None,
         }
@@ -455,6 +493,32 @@ impl Config {
             cluster: match f.cluster {
                 None => None,
                 Some(c) => Some(cluster_config(c).map_err(|(key, message)| invalid(key, message))?),
+            },
+            safety: {
+                let s = f.safety.unwrap_or_default();
+                let ban_file = s.ban_file.map(|p| absolute(&p));
+                let bans = match &ban_file {
+                    Some(file) => BanList::load(file)
+                        .map_err(|e| invalid("safety.ban_file", e.to_string()))?,
+                    None => BanList::default(),
+                };
+                let address_key_file = s.address_key_file.map(|p| absolute(&p));
+                let address_key = match &address_key_file {
+                    Some(file) => Some(
+                        AddressKey::from_file(file)
+                            .map_err(|e| invalid("safety.address_key_file", e.to_string()))?,
+                    ),
+                    None => None,
+                };
+                SafetyConfig {
+                    max_connections_per_address: s
+                        .max_connections_per_address
+                        .unwrap_or(d.safety.max_connections_per_address),
+                    ban_file,
+                    bans,
+                    address_key_file,
+                    address_key,
+                }
             },
         };
         if cfg.workers == 0 || cfg.workers > MAX_WORKERS {
@@ -592,6 +656,10 @@ impl Config {
             chat.online_interval => "chat.online_interval",
             chat.resume_window => "chat.resume_window",
             workers => "workers", cluster => "cluster",
+            safety.max_connections_per_address => "safety.max_connections_per_address",
+            safety.ban_file => "safety.ban_file", safety.bans => "safety.ban_file (its entries)",
+            safety.address_key_file => "safety.address_key_file",
+            safety.address_key => "safety.address_key_file (its key)",
         );
         changed
     }

@@ -19,6 +19,7 @@ pub mod master;
 pub mod metrics;
 pub mod notify;
 pub mod roulette;
+pub mod safety;
 pub mod server;
 pub mod ws;
 

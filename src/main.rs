@@ -102,6 +102,8 @@ fn run(args: Args) -> Result<(), String> {
         None => Config::default(),
     };
     let site = Site::for_root(config.web_root.as_deref()).map_err(|e| format!("web_root: {e}"))?;
+    // The random address key, made before any worker forks so that all of them share it.
+    let _ = chatd::endpoint::process_key();
     if args.check {
         // The file is judged, not who runs the check: `user` and `group` must exist.
         if let Some(user) = &config.user {

@@ -19,11 +19,8 @@ use std::{
     collections::HashMap,
     fs,
     io::{BufReader, Read, Write},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
-    os::{
-        fd::{FromRawFd, OwnedFd},
-        unix::{fs::MetadataExt, fs::PermissionsExt, net::UnixDatagram},
-    },
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    os::unix::{fs::MetadataExt, fs::PermissionsExt, net::UnixDatagram},
     path::{Path, PathBuf},
     process::{ChildStdout, ExitStatus},
     thread,
@@ -284,38 +281,10 @@ fn metrics(addr: SocketAddr) -> HashMap<String, f64> {
     util::parse_metrics(&get(addr, "/metrics"))
 }
 
-/// A TCP connection to `to` from the local address `from` (port chosen by the kernel).
-fn connect_from(from: Ipv4Addr, to: SocketAddrV4) -> TcpStream {
-    let sockaddr = |a: SocketAddrV4| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: a.port().to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
-        sin_zero: [0; 8],
-    };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: socket returns a new descriptor (owned at once by `fd`), bind and connect read a
-    // sockaddr_in of the length passed.
-    unsafe {
-        let raw = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(raw >= 0, "socket: {}", std::io::Error::last_os_error());
-        let fd = OwnedFd::from_raw_fd(raw);
-        let src = sockaddr(SocketAddrV4::new(from, 0));
-        let rc = libc::bind(raw, (&raw const src).cast(), len);
-        assert_eq!(rc, 0, "bind {from}: {}", std::io::Error::last_os_error());
-        let dst = sockaddr(to);
-        let rc = libc::connect(raw, (&raw const dst).cast(), len);
-        assert_eq!(rc, 0, "connect {to} from {from}: {}", std::io::Error::last_os_error());
-        let stream = TcpStream::from(fd);
-        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        stream.set_write_timeout(Some(TIMEOUT)).unwrap();
-        stream
-    }
-}
-
 /// The status code of `GET path` sent from `from` (with `Connection: close`).
 fn status_from(from: Ipv4Addr, addr: SocketAddr, path: &str) -> u16 {
     let SocketAddr::V4(to) = addr else { panic!("an IPv4 server address: {addr}") };
-    let mut s = connect_from(from, to);
+    let mut s = util::connect_from(from, to);
     assert_eq!(s.local_addr().unwrap().ip(), from);
     write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
     let mut head = Vec::new();

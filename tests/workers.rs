@@ -32,8 +32,11 @@ use util::{
 };
 
 /// Two workers and the `[cluster]` table they need, on `redis` (after every top-level key).
+/// Every test client connects from 127.0.0.1: no per-address cap.
 fn workers_on(redis: &str) -> String {
-    format!("workers = 2\n[cluster]\nredis = \"{redis}\"\n")
+    format!(
+        "workers = 2\n[safety]\nmax_connections_per_address = 0\n[cluster]\nredis = \"{redis}\"\n"
+    )
 }
 
 // ---------------------------------------------------------------------------------------------

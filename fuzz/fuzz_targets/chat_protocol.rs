@@ -23,7 +23,9 @@ fuzz_target!(|data: &[u8]| {
     for line in text.split('\n') {
         app.handle_event(now, a, Event::Text(line), &mut out);
     }
-    app.handle_event(now, a, Event::Closed, &mut out);
+    // A drop (the session waits, then its window passes) or a close.
+    app.handle_event(now, a, Event::Closed { dropped: data.len() % 2 == 0 }, &mut out);
+    app.handle_timeout(now + std::time::Duration::from_secs(60), &mut out);
     for action in out {
         if let Action::Send { message: Message::Text(t), .. } | Action::Broadcast { text: t } = action {
             assert!(serde_json::from_str::<serde_json::Value>(&t).is_ok(), "{t}");

@@ -96,7 +96,7 @@ impl App for Echo {
                 assert!(!self.ended.contains(&peer) && self.open.insert(peer), "opened twice");
                 return;
             }
-            Event::Closed => {
+            Event::Closed { .. } => {
                 assert!(self.open.remove(&peer), "closed but not open");
                 self.ended.insert(peer);
                 return;
@@ -214,6 +214,9 @@ fn settings(max_message_bytes: usize) -> Settings {
         shutdown_timeout: Duration::from_millis(3000),
         allowed_origins: Vec::new(),
         metrics_allow: vec![IpAddr::from([127, 0, 0, 1])],
+        // Every fuzzed connection comes from one address.
+        max_connections_per_address: 0,
+        ..Settings::default()
     }
 }
 

@@ -29,7 +29,7 @@ mod timers;
 mod tests;
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
@@ -39,7 +39,7 @@ use slog::{debug, Logger};
 
 use self::{
     connection::{output, ConnState, Connection, Spares, NEVER},
-    routes::{Next, RouteCx},
+    routes::{Next, Refusal, RouteCx},
     timers::Timers,
 };
 use crate::{
@@ -47,6 +47,7 @@ use crate::{
     config::Config,
     http::{self, HttpDate, Site, Status},
     metrics,
+    safety::{AddrHash, AddressKey, BanList},
     ws::{self, close_code, close_reason, Close, IdleOutcome, Incoming, OpCode, Session},
 };
 
@@ -83,6 +84,12 @@ pub struct Settings {
     pub metrics_allow: Vec<IpAddr>,
     /// Proxies whose `X-Forwarded-For` names the real client.
     pub trusted_proxies: Vec<http::Cidr>,
+    /// WebSockets one client address may hold at once (0: any number).
+    pub max_connections_per_address: usize,
+    /// Clients refused at the upgrade.
+    pub bans: BanList,
+    /// What client addresses are hashed with.
+    pub address_key: AddressKey,
 }
 
 impl Settings {
@@ -99,8 +106,18 @@ impl Settings {
             allowed_origins: c.allowed_origins.clone(),
             metrics_allow: c.metrics_allow.clone(),
             trusted_proxies: c.trusted_proxies.clone(),
+            max_connections_per_address: c.safety.max_connections_per_address,
+            bans: c.safety.bans.clone(),
+            address_key: c.safety.address_key.clone().unwrap_or_else(process_key),
         }
     }
+}
+
+/// This process's random address key, made once (before the workers fork, which share it):
+/// used when no `address_key_file` is configured.
+pub fn process_key() -> AddressKey {
+    static KEY: std::sync::OnceLock<AddressKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(AddressKey::random).clone()
 }
 
 impl Default for Settings {
@@ -148,6 +165,10 @@ pub struct Stats {
     pub reloads_ok: u64,
     /// Reloads refused (the file was invalid).
     pub reloads_failed: u64,
+    /// WebSockets refused with 403: the client is on the ban list.
+    pub refused_banned: u64,
+    /// WebSockets refused with 429: the client holds `max_connections_per_address` already.
+    pub refused_per_address: u64,
 }
 
 /// Why a connection was removed, for the log.
@@ -212,6 +233,8 @@ pub struct Endpoint<A: App, S> {
     extra_metrics: String,
     /// What `/metrics` serves instead of the endpoint's own families, if set.
     metrics_override: Option<String>,
+    /// Open WebSockets per client address (entries at zero are removed).
+    per_address: HashMap<AddrHash, u32>,
 }
 
 impl<A: App, S> std::fmt::Debug for Endpoint<A, S> {
@@ -255,6 +278,7 @@ impl<A: App, S: Transport> Endpoint<A, S> {
             unavailable: None,
             extra_metrics: String::new(),
             metrics_override: None,
+            per_address: HashMap::new(),
         }
     }
 
@@ -411,6 +435,7 @@ impl<A: App, S: Transport> Endpoint<A, S> {
             unavailable: self.unavailable,
             extra_metrics: &self.extra_metrics,
             metrics_override: self.metrics_override.as_deref(),
+            per_address: &mut self.per_address,
         };
         let conn = &mut self.conns[slot];
         if conn.has_partial_input() {
@@ -454,9 +479,10 @@ impl<A: App, S: Transport> Endpoint<A, S> {
         let id = PeerId::new(self.worker, conn.generation, slot as u32);
         let was_ws = conn.start_closing(linger, true).is_some();
         mark_dirty(&mut self.dirty, conn, slot);
+        let client = conn.addr.socket_addr().ip();
         if was_ws {
             // The stream ended without a close frame.
-            self.websocket_ended(now, id, true);
+            self.websocket_ended(now, id, true, client);
         }
         self.arm(slot);
     }
@@ -641,6 +667,16 @@ impl<A: App, S: Transport> Endpoint<A, S> {
             }
         }
         self.app.reconfigure(app);
+        if settings.address_key != self.settings.address_key {
+            // Another key: count the open WebSockets again under the new hashes.
+            self.per_address.clear();
+            for (_, conn) in self.conns.iter() {
+                if conn.is_websocket() {
+                    let hash = settings.address_key.hash(conn.addr.socket_addr().ip());
+                    *self.per_address.entry(hash).or_insert(0) += 1;
+                }
+            }
+        }
         self.settings = settings;
         self.site = site;
         self.stats.reloads_ok += 1;
@@ -760,7 +796,8 @@ impl<A: App, S: Transport> Endpoint<A, S> {
             let dropped = close == Close::Code(close_code::GOING_AWAY, close_reason::IDLE_TIMEOUT);
             session.finish(close, conn.output(&mut self.spares));
             mark_dirty(&mut self.dirty, conn, slot);
-            self.websocket_ended(now, peer, dropped);
+            let client = conn.addr.socket_addr().ip();
+            self.websocket_ended(now, peer, dropped, client);
         }
         self.arm(slot);
     }
@@ -768,8 +805,16 @@ impl<A: App, S: Transport> Endpoint<A, S> {
     /// A WebSocket ended (closed by either side, failed, timed out): count it and tell the
     /// application, once, whether it was `dropped` (no close handshake). Its answers join the
     /// effects.
-    fn websocket_ended(&mut self, now: Instant, id: PeerId, dropped: bool) {
+    /// `client` is the WebSocket's client address (it counted against it from the upgrade).
+    fn websocket_ended(&mut self, now: Instant, id: PeerId, dropped: bool, client: IpAddr) {
         self.stats.websockets_closed += 1;
+        let hash = self.settings.address_key.hash(client);
+        if let Some(n) = self.per_address.get_mut(&hash) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_address.remove(&hash);
+            }
+        }
         self.app.handle_event(now, id, Event::Closed { dropped }, &mut self.actions);
         self.effects.extend(self.actions.drain(..).map(Effect::from));
     }
@@ -787,7 +832,8 @@ impl<A: App, S: Transport> Endpoint<A, S> {
         if conn.is_websocket() {
             // Still open: whatever ended it (reset, error, end of stream, a slow reader), no
             // close frame did.
-            self.websocket_ended(now, PeerId::new(self.worker, conn.generation, slot as u32), true);
+            let id = PeerId::new(self.worker, conn.generation, slot as u32);
+            self.websocket_ended(now, id, true, conn.addr.socket_addr().ip());
         }
     }
 
@@ -859,6 +905,10 @@ fn write_metrics<A: App>(
     metrics::counter(out, "chatd_received_bytes_total", "Bytes read from clients.", s.bytes_in);
     metrics::counter(out, "chatd_sent_bytes_total", "Bytes written to clients.", s.bytes_out);
     metrics::gauge(out, "chatd_up", "1 while serving, 0 while stopping.", usize::from(!stopping));
+    let name = "chatd_websockets_refused_total";
+    metrics::header(out, name, "WebSocket upgrades refused for who asked, by reason.", "counter");
+    metrics::sample(out, name, &[("reason", "banned")], s.refused_banned);
+    metrics::sample(out, name, &[("reason", "per_address")], s.refused_per_address);
     let name = "chatd_reloads_total";
     metrics::header(out, name, "Configuration reloads (SIGHUP), by result.", "counter");
     metrics::sample(out, name, &[("result", "ok")], s.reloads_ok);
@@ -885,6 +935,7 @@ struct Cx<'a, A> {
     unavailable: Option<&'static str>,
     extra_metrics: &'a str,
     metrics_override: Option<&'a str>,
+    per_address: &'a mut HashMap<AddrHash, u32>,
 }
 
 impl<A: App> Cx<'_, A> {
@@ -952,6 +1003,7 @@ fn drive<A: App, S>(
                         unavailable: cx.unavailable,
                         extra_metrics: cx.extra_metrics,
                         metrics_override: cx.metrics_override,
+                        per_address: cx.per_address,
                     };
                     let next = routes::respond(&route, &req, client, conn.output(cx.spares));
                     match next {
@@ -968,7 +1020,19 @@ fn drive<A: App, S>(
                             conn.start_closing(cx.deadline(CLOSE_LINGER), false);
                             return input.len();
                         }
-                        Next::Upgrade => {
+                        Next::Refused(why) => {
+                            match why {
+                                Refusal::Banned => cx.stats.refused_banned += 1,
+                                Refusal::TooMany => cx.stats.refused_per_address += 1,
+                            }
+                            let hash = cx.settings.address_key.hash(client);
+                            debug!(cx.log, "websocket refused"; "conn" => slot, "client" => hash.short(), "why" => ?why);
+                            conn.start_closing(cx.deadline(CLOSE_LINGER), false);
+                            return input.len();
+                        }
+                        Next::Upgrade { client: hash } => {
+                            // Counted until the WebSocket ends (by its address, hashed again).
+                            *cx.per_address.entry(hash).or_insert(0) += 1;
                             let session = Session::new(cx.settings.max_message_bytes);
                             conn.upgrade(session, cx.deadline(cx.settings.idle_timeout));
                             // From here on the connection is known by its client's address.

@@ -5,12 +5,13 @@
 //! Owns: the choice of response and whether the connection stays open after it.
 //! May not touch: connection state (it returns [`Next`]), sockets, the clock (the `Date` it
 //! writes was formatted by the endpoint).
-use std::net::IpAddr;
+use std::{collections::HashMap, net::IpAddr};
 
 use super::{Settings, Stats};
 use crate::{
     app::App,
     http::{self, HttpDate, Method, Request, Site, Status},
+    safety::AddrHash,
     ws,
 };
 
@@ -28,8 +29,22 @@ pub(super) enum Next {
         /// Why the request was refused, if it was.
         why: Option<String>,
     },
-    /// The 101 was written: the connection is now a WebSocket.
-    Upgrade,
+    /// The 101 was written: the connection is now a WebSocket of the client `client`.
+    Upgrade {
+        /// The client's address hash, which it counts against.
+        client: AddrHash,
+    },
+    /// The upgrade was refused for who asked (written; the connection closes after it).
+    Refused(Refusal),
+}
+
+/// Why a WebSocket was refused to its client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refusal {
+    /// On the ban list: 403.
+    Banned,
+    /// At `max_connections_per_address`: 429.
+    TooMany,
 }
 
 /// What routing reads besides the request.
@@ -49,6 +64,8 @@ pub(super) struct RouteCx<'a, A> {
     pub(super) extra_metrics: &'a str,
     /// Served as `/metrics` instead of this endpoint's own (every worker's, merged).
     pub(super) metrics_override: Option<&'a str>,
+    /// Open WebSockets per client address.
+    pub(super) per_address: &'a HashMap<AddrHash, u32>,
 }
 
 /// Answers one complete request from `client` into `out`.
@@ -74,10 +91,23 @@ pub(super) fn respond<A: App>(
         return Next::Close { why: Some("method not allowed".into()) };
     }
     match req.path() {
+        // The ban list first, for any request to /ws: the page asks with a plain GET why its
+        // WebSocket failed.
+        "/ws" if cx.settings.bans.contains(client) => {
+            http::write_error(out, date, Status::Forbidden, "", head_only, false);
+            Next::Refused(Refusal::Banned)
+        }
         "/ws" => match ws::validate_upgrade(req, &cx.settings.allowed_origins) {
             Ok(accept) => {
+                let hash = cx.settings.address_key.hash(client);
+                let max = cx.settings.max_connections_per_address;
+                if max > 0 && cx.per_address.get(&hash).is_some_and(|&n| n as usize >= max) {
+                    let extra = "Retry-After: 10\r\n";
+                    http::write_error(out, date, Status::TooManyRequests, extra, head_only, false);
+                    return Next::Refused(Refusal::TooMany);
+                }
                 http::write_upgrade(out, date, &accept);
-                Next::Upgrade
+                Next::Upgrade { client: hash }
             }
             Err(e) => {
                 let (status, extra) = e.response();

@@ -407,7 +407,8 @@ struct Driver {
 }
 
 fn test_settings() -> Settings {
-    Settings { metrics_allow: vec![LOCAL], ..Settings::default() }
+    // Most tests open many WebSockets from one address; the per-address cap has its own test.
+    Settings { metrics_allow: vec![LOCAL], max_connections_per_address: 0, ..Settings::default() }
 }
 
 impl Driver {
@@ -1573,6 +1574,7 @@ fn walk(seed: u64, steps: usize) {
         allowed_origins: Vec::new(),
         metrics_allow: vec![LOCAL],
         trusted_proxies: Vec::new(),
+        ..Settings::default()
     };
     let mut d = Driver::with(settings);
     // Reloads move timeouts back and forth several times before an entry fires: a deadline

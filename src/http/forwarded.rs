@@ -135,7 +135,7 @@ fn width(ip: IpAddr) -> u8 {
 }
 
 /// `ip` with every bit below `prefix` cleared (`prefix` at most the family's width).
-fn network(ip: IpAddr, prefix: u8) -> IpAddr {
+pub(crate) fn network(ip: IpAddr, prefix: u8) -> IpAddr {
     match ip {
         IpAddr::V4(a) => {
             let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);

@@ -6,7 +6,7 @@
 //! connection state.
 mod date;
 mod files;
-mod forwarded;
+pub(crate) mod forwarded;
 mod request;
 mod response;
 

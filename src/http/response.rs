@@ -25,7 +25,7 @@ pub enum Status {
     NotModified,
     /// 400
     BadRequest,
-    /// 403, a WebSocket from a foreign origin.
+    /// 403, a WebSocket from a foreign origin or a banned address.
     Forbidden,
     /// 404
     NotFound,
@@ -39,6 +39,8 @@ pub enum Status {
     UriTooLong,
     /// 426, with `Sec-WebSocket-Version: 13`.
     UpgradeRequired,
+    /// 429, too many WebSockets from one address.
+    TooManyRequests,
     /// 431
     HeaderFieldsTooLarge,
     /// 503, too many connections.
@@ -62,6 +64,7 @@ impl Status {
             Status::PayloadTooLarge => 413,
             Status::UriTooLong => 414,
             Status::UpgradeRequired => 426,
+            Status::TooManyRequests => 429,
             Status::HeaderFieldsTooLarge => 431,
             Status::ServiceUnavailable => 503,
             Status::VersionNotSupported => 505,
@@ -82,6 +85,7 @@ impl Status {
             Status::PayloadTooLarge => "Content Too Large",
             Status::UriTooLong => "URI Too Long",
             Status::UpgradeRequired => "Upgrade Required",
+            Status::TooManyRequests => "Too Many Requests",
             Status::HeaderFieldsTooLarge => "Request Header Fields Too Large",
             Status::ServiceUnavailable => "Service Unavailable",
             Status::VersionNotSupported => "HTTP Version Not Supported",

@@ -1031,3 +1031,31 @@ pub fn parse_metrics(r: &Response) -> std::collections::HashMap<String, f64> {
         })
         .collect()
 }
+
+/// A TCP connection to `to` from the local address `from` (port chosen by the kernel).
+pub fn connect_from(from: std::net::Ipv4Addr, to: std::net::SocketAddrV4) -> TcpStream {
+    let sockaddr = |a: std::net::SocketAddrV4| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: socket returns a new descriptor (owned at once by `fd`), bind and connect read a
+    // sockaddr_in of the length passed.
+    unsafe {
+        let raw = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(raw >= 0, "socket: {}", std::io::Error::last_os_error());
+        let fd: std::os::fd::OwnedFd = std::os::fd::FromRawFd::from_raw_fd(raw);
+        let src = sockaddr(std::net::SocketAddrV4::new(from, 0));
+        let rc = libc::bind(raw, (&raw const src).cast(), len);
+        assert_eq!(rc, 0, "bind {from}: {}", std::io::Error::last_os_error());
+        let dst = sockaddr(to);
+        let rc = libc::connect(raw, (&raw const dst).cast(), len);
+        assert_eq!(rc, 0, "connect {to} from {from}: {}", std::io::Error::last_os_error());
+        let stream = TcpStream::from(fd);
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(TIMEOUT)).unwrap();
+        stream
+    }
+}
