@@ -326,13 +326,22 @@ impl Person {
 /// Person `i`'s connection is reset; a new one on `server` (node `node`) resumes its session.
 /// What the old connection had not read yet is lost with it, so the person's view follows the
 /// state `resumed` reports.
-fn resume_elsewhere(people: &mut [Person], i: usize, server: &Server, node: usize) {
+/// Returns whether the session was resumed (an idle one is not kept).
+fn resume_elsewhere(people: &mut [Person], i: usize, server: &Server, node: usize) -> bool {
     let token = people[i].chat.token();
     let old = std::mem::replace(&mut people[i].chat, Chat::connect(server.addr()));
     old.reset();
     let p = &mut people[i];
     p.chat.resume(&token);
-    let resumed = p.chat.expect_type("resumed");
+    let resumed = p.chat.recv();
+    if resumed["type"] == "error" {
+        // Idle (its chat had ended, no search): nothing waited for it. A new person.
+        assert_eq!(resumed["code"], "resume_failed", "{resumed}");
+        assert!(!p.in_chat, "person {i}: a chat was not kept: {resumed}");
+        p.node = node;
+        return false;
+    }
+    assert_eq!(resumed["type"], "resumed", "{resumed}");
     p.chat.welcome["resume_token"] = resumed["resume_token"].clone();
     p.node = node;
     let chatting = resumed["state"] == "chatting";
@@ -343,6 +352,7 @@ fn resume_elsewhere(people: &mut [Person], i: usize, server: &Server, node: usiz
         p.last_seq = None;
     }
     p.in_chat = chatting;
+    true
 }
 
 /// xorshift64*: seeded, no dependency.
@@ -460,8 +470,7 @@ fn seeded_random_crowd_on_two_nodes_keeps_the_rules() {
                     if quiet && rng.below(2) == 0 {
                         // A network drop, and a resume on a random node: the chat (or the
                         // search) goes on where it was.
-                        resume_elsewhere(&mut people, i, nodes[node], node);
-                        resumes += 1;
+                        resumes += u32::from(resume_elsewhere(&mut people, i, nodes[node], node));
                     } else {
                         // The tab closed: a new person on a random node.
                         let old =

@@ -213,8 +213,9 @@ elseif op == 'part' then
   end
   return 1
 elseif op == 'token' then
-  -- ARGV: op, B, CH, token, peer
-  redis.call('SET', B .. ':t:' .. ARGV[4], ARGV[5])
+  -- ARGV: op, B, CH, token, peer. A day at most: a token whose removal was lost (the link
+  -- was down) does not stay for ever; live ones are registered again when the link comes up.
+  redis.call('SET', B .. ':t:' .. ARGV[4], ARGV[5], 'EX', 86400)
   redis.call('SADD', B .. ':tw:' .. worker_of(ARGV[5]), ARGV[4])
   return 1
 elseif op == 'untoken' then
@@ -253,10 +254,14 @@ elseif op == 'handover' then
   if partner ~= '' then
     local pw = worker_of(partner)
     redis.call('HDEL', B .. ':pairs:' .. ow, old)
-    redis.call('HSET', B .. ':pairs:' .. nw, new, partner)
-    redis.call('HSET', B .. ':pairs:' .. pw, partner, new)
-    if pw ~= ow and pw ~= nw then
-      redis.call('PUBLISH', CH .. pw, frame('R ' .. id_of(partner) .. ' ' .. old .. ' ' .. new))
+    -- Only if the partner is still in this chat (it may have left meanwhile: its leave went to
+    -- the old worker, which sends it on).
+    if redis.call('HGET', B .. ':pairs:' .. pw, partner) == old then
+      redis.call('HSET', B .. ':pairs:' .. nw, new, partner)
+      redis.call('HSET', B .. ':pairs:' .. pw, partner, new)
+      if pw ~= ow and pw ~= nw then
+        redis.call('PUBLISH', CH .. pw, frame('R ' .. id_of(partner) .. ' ' .. old .. ' ' .. new))
+      end
     end
   end
   if ARGV[7] == '1' then

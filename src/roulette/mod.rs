@@ -103,9 +103,13 @@ pub const KEPT_LINES: usize = 50;
 /// See [`KEPT_LINES`].
 pub const KEPT_BYTES: usize = 64 * 1024;
 
-/// Away sessions kept at most (each holds up to [`KEPT_BYTES`]): past it, a drop ends the
-/// chat at once, so that a flood of connections that drop cannot grow memory without bound.
+/// Away sessions kept at most: past it, a drop ends the chat at once, so that a flood of
+/// connections that drop cannot grow memory without bound.
 pub const MAX_AWAY: usize = 50_000;
+
+/// Bytes of kept lines across every away session of this worker: past it, lines for away
+/// people are not kept (each session's own cap is [`KEPT_BYTES`]).
+pub const MAX_KEPT_TOTAL: usize = 64 << 20;
 
 /// How long a connection waits for another worker to hand a session over.
 const RESUME_WAIT: Duration = Duration::from_secs(5);
@@ -392,6 +396,8 @@ pub struct Roulette {
     /// People whose connection dropped, by their old id, and when each one's window ends.
     away: HashMap<PeerId, Away>,
     away_wakes: BTreeSet<(Instant, PeerId)>,
+    /// The bytes kept in `away`, against [`MAX_KEPT_TOTAL`].
+    kept_total: usize,
     /// Where tokens come from ([`os_random`] unless a test says otherwise).
     random: fn(&mut [u8]),
 }
@@ -503,6 +509,7 @@ impl Roulette {
             tokens: HashMap::new(),
             away: HashMap::new(),
             away_wakes: BTreeSet::new(),
+            kept_total: 0,
             random: os_random,
         }
     }
@@ -572,10 +579,30 @@ impl Roulette {
 
     /// Sends an encoded message to local `to` (or keeps it if `to` is away), holding nothing.
     fn send_now(&mut self, out: &mut Vec<Action>, to: PeerId, json: String) {
-        match self.away.get_mut(&to) {
-            Some(a) => a.keep(json),
-            None => out.push(Action::Send { to, message: Message::Text(json) }),
+        if self.away.contains_key(&to) {
+            self.keep(to, json);
+        } else {
+            out.push(Action::Send { to, message: Message::Text(json) });
         }
+    }
+
+    /// Keeps `json` for away `to`, within the worker's budget for kept lines.
+    fn keep(&mut self, to: PeerId, json: String) {
+        let Some(a) = self.away.get_mut(&to) else { return };
+        if self.kept_total + json.len() > MAX_KEPT_TOTAL {
+            return;
+        }
+        let before = a.kept_bytes;
+        a.keep(json);
+        self.kept_total = self.kept_total + a.kept_bytes - before;
+    }
+
+    /// Takes `id` out of `away`, with its kept lines out of the budget.
+    fn take_away(&mut self, id: PeerId) -> Option<Away> {
+        let a = self.away.remove(&id)?;
+        self.kept_total -= a.kept_bytes;
+        self.away_wakes.remove(&(a.until, id));
+        Some(a)
     }
 
     /// Sends what was held for `to`, in order.
@@ -1051,6 +1078,14 @@ impl Roulette {
             ClusterEvent::Online(n) => c.crowd = Some(n),
             ClusterEvent::Up => {
                 c.up = true;
+                // Redis may have lost them (a restart), or missed a change while the link was
+                // down: every token here is registered again.
+                let mut tokens: Vec<(PeerId, Token)> =
+                    self.tokens.iter().map(|(&t, &p)| (p, t)).collect();
+                tokens.sort_unstable_by_key(|&(p, _)| p);
+                for (peer, token) in tokens {
+                    c.ops.push_back(Op::Token { peer, token: token.hex() });
+                }
                 let searchers: Vec<PeerId> = c.searching.keys().copied().collect();
                 for peer in searchers {
                     self.research(peer);
@@ -1157,16 +1192,13 @@ impl Roulette {
         };
         let Some(p) = self.peers.get(&peer) else { return };
         let window = self.config.resume_window;
+        // An idle person has nothing to come back to: only a chat or a search waits.
         let has_room = self.away.len() < MAX_AWAY;
-        if dropped
-            && has_room
-            && !window.is_zero()
-            && !self.is_draining
-            && p.state != ChatState::Closing
-        {
+        let worth = matches!(p.state, ChatState::Chatting(_) | ChatState::Searching);
+        if dropped && has_room && worth && !window.is_zero() && !self.is_draining {
             self.go_away(now, peer, out);
-            if let Some(a) = self.away.get_mut(&peer) {
-                held.into_iter().flatten().for_each(|json| a.keep(json));
+            for json in held.into_iter().flatten() {
+                self.keep(peer, json);
             }
             return;
         }
@@ -1222,7 +1254,7 @@ impl Roulette {
     /// `peer` will not come back (its window passed, the server stops): its chat ends as a
     /// disconnect would have, its place is given up.
     fn end_away(&mut self, now: Instant, peer: PeerId, out: &mut Vec<Action>) {
-        let Some(a) = self.away.remove(&peer) else { return };
+        let Some(a) = self.take_away(peer) else { return };
         match a.peer.state {
             ChatState::Chatting(partner) => {
                 self.end_chat(now, peer, partner, LeaveReason::Disconnected, out)
@@ -1269,11 +1301,8 @@ impl Roulette {
     /// Takes local `old`'s session for a resume: from `away`, or from a connection still open
     /// (which is closed with 4000: a newer one took its place). Its token is used up.
     fn take_session(&mut self, now: Instant, old: PeerId, out: &mut Vec<Action>) -> Option<Away> {
-        let a = match self.away.remove(&old) {
-            Some(a) => {
-                self.away_wakes.remove(&(a.until, old));
-                a
-            }
+        let a = match self.take_away(old) {
+            Some(a) => a,
             None => {
                 if self.peers.get(&old)?.state == ChatState::Closing {
                     return None;
@@ -1289,6 +1318,13 @@ impl Roulette {
                     parked: None,
                     interests: Vec::new(),
                 };
+                if let Some(c) = &mut self.cluster {
+                    c.resuming.remove(&old);
+                    // Lines held for it (it had resumed itself) go with the session.
+                    if let Some((_, lines)) = c.held.remove(&old) {
+                        lines.into_iter().for_each(|json| a.keep(json));
+                    }
+                }
                 if a.peer.state == ChatState::Searching {
                     match &mut self.cluster {
                         Some(c) => {
@@ -1323,9 +1359,21 @@ impl Roulette {
             ChatState::Chatting(partner) => {
                 if let Some(c) = &mut self.cluster {
                     // Redis' pairs follow; a partner on another worker is told the new key.
-                    let (new_key, partner) = (c.key(new), Some(c.key(partner)));
+                    let (new_key, partner_key) = (c.key(new), Some(c.key(partner)));
+                    if is_remote(partner) {
+                        // What it sends to the old id until then is sent on to the new one, and
+                        // its newer lines wait for those (as for a resume on another worker).
+                        c.moved.insert(old, (new_key.clone(), now + FORWARD_FOR));
+                        c.held.insert(new, (now + HOLD_FOR, Vec::new()));
+                    }
                     let body = String::new();
-                    let op = Op::Handover { old, new: new_key, partner, searching: false, body };
+                    let op = Op::Handover {
+                        old,
+                        new: new_key,
+                        partner: partner_key,
+                        searching: false,
+                        body,
+                    };
                     c.ops.push_back(op);
                 }
                 if !is_remote(partner) {
@@ -1424,7 +1472,12 @@ impl Roulette {
         }
         let Some(c) = &mut self.cluster else { return };
         let waited = c.resuming.remove(&to).is_some();
-        let Ok(b) = serde_json::from_str::<Body>(body) else { return };
+        let Ok(b) = serde_json::from_str::<Body>(body) else {
+            if waited {
+                self.reply_error_now(to, &RequestError::ResumeFailed, out);
+            }
+            return;
+        };
         let is_idle = self.peers.get(&to).is_some_and(|p| p.state == ChatState::Idle);
         let Some(c) = &mut self.cluster else { return };
         let partner = b.partner.as_deref().filter(|_| b.state == "chatting");
@@ -1464,8 +1517,22 @@ impl Roulette {
             }
             return;
         }
+        // A partner here must still be in the chat (with the old key's proxy): it may have left
+        // while the session was handed over.
+        let partner_here = |r: &Roulette, id: PeerId| {
+            old_proxy.is_some_and(|proxy| {
+                r.person(id).is_some_and(|q| q.state == ChatState::Chatting(proxy))
+            })
+        };
+        let mut partner_gone = false;
         let state = match (b.state.as_str(), partner_id) {
-            ("chatting", Some(id)) => ChatState::Chatting(id),
+            ("chatting", Some(id)) if is_remote(id) || partner_here(self, id) => {
+                ChatState::Chatting(id)
+            }
+            ("chatting", _) => {
+                partner_gone = true;
+                ChatState::Idle
+            }
             ("searching", _) => ChatState::Searching,
             _ => ChatState::Idle,
         };
@@ -1477,6 +1544,11 @@ impl Roulette {
             b.kept.into_iter().map(|json| Action::Send { to, message: Message::Text(json) }),
         );
         self.counters.resumes += 1;
+        if partner_gone {
+            let msg = ServerMessage::PartnerLeft { reason: LeaveReason::Disconnected };
+            send(out, to, &msg);
+            return;
+        }
         if let (Some(c), Some(key)) = (&mut self.cluster, partner) {
             // Lines the partner sent to the old worker are sent on from there: until the last
             // one (`End`), the partner's newer lines wait, unless the partner was on the old
@@ -1602,6 +1674,7 @@ impl App for Roulette {
             for peer in &failed {
                 c.resuming.remove(peer);
             }
+            c.moved.retain(|_, (_, until)| *until > now);
             for peer in failed {
                 self.reply_error_now(peer, &RequestError::ResumeFailed, out);
             }
@@ -2545,6 +2618,17 @@ mod tests {
         assert_eq!(d.types(7), ["resumed", "partner_back"]);
         d.say(6, "hi");
         assert_eq!(d.types(7), ["message"]);
+    }
+
+    #[test]
+    fn an_idle_person_who_drops_has_nothing_to_resume() {
+        let mut d = Driver::new();
+        let token = d.join_token(1);
+        d.dropped(1);
+        assert!(d.app.away.is_empty());
+        d.join(2);
+        resume(&mut d, 2, &token);
+        assert_eq!(d.errors(2), ["resume_failed"]);
     }
 
     #[test]
