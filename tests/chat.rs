@@ -280,7 +280,8 @@ fn a_searcher_who_drops_keeps_the_place_and_is_not_matched_meanwhile() {
     a.search(&["chess"]);
     a.expect(json!({"type": "searching"}));
     a.reset();
-    // Nobody is matched with a searcher who is away.
+    // Once the server has seen the drop, nobody is matched with the searcher who is away.
+    util::eventually("the drop", || server.metrics()["chatd_resume_drops_total"] == 1.0);
     let mut b = Chat::connect(server.addr());
     b.search(&["chess"]);
     b.expect(json!({"type": "searching"}));

@@ -253,13 +253,46 @@ fn a_chat_resumes_on_the_other_node_with_the_lines_in_order() {
 }
 
 #[test]
+fn both_drop_and_resume_on_each_others_node_at_once_and_the_chat_goes_on() {
+    let (_redis, a, b) = two_nodes("");
+    for _ in 0..3 {
+        let (x, y) = pair_across(&a, &b);
+        let (tx, ty) = (x.token(), y.token());
+        x.reset();
+        y.reset();
+        // Each comes back on the other's node, the two resumes in flight together.
+        let mut x = Chat::connect(b.addr());
+        let mut y = Chat::connect(a.addr());
+        x.resume(&tx);
+        y.resume(&ty);
+        x.expect_type("resumed");
+        y.expect_type("resumed");
+        x.say("from x");
+        assert_eq!(next_line(&mut y), message("from x"));
+        y.say("from y");
+        assert_eq!(next_line(&mut x), message("from y"));
+    }
+}
+
+/// The next message that is not the partner going away or coming back.
+fn next_line(c: &mut Chat) -> serde_json::Value {
+    loop {
+        let v = c.recv();
+        if v["type"] != "partner_away" && v["type"] != "partner_back" {
+            return v;
+        }
+    }
+}
+
+#[test]
 fn a_searcher_resumes_its_place_on_the_other_node_and_a_used_token_fails_everywhere() {
     let (_redis, a, b) = two_nodes("");
     let mut s = Chat::connect(a.addr());
     let token = s.token();
     search(&mut s, &["chess"]);
     s.reset();
-    // Away: nobody is matched with it.
+    // Once the node has seen the drop, nobody is matched with it.
+    util::eventually("the drop", || a.metrics()["chatd_resume_drops_total"] == 1.0);
     let mut t = Chat::connect(b.addr());
     search(&mut t, &["chess"]);
     t.expect_silence(300);

@@ -141,6 +141,8 @@ pub enum Forwarded {
     /// The partner's worker sends nothing more to the old worker: what it sent there has all
     /// been forwarded.
     End,
+    /// The partner itself moved, from the sender key to this one.
+    Rekey(String),
 }
 
 /// What the cluster tells the roulette.
@@ -219,6 +221,9 @@ pub enum Event {
         to: PeerId,
         /// The session's old key.
         old: String,
+        /// The partner's key as Redis has it (it may have moved since `body` was written), or
+        /// empty.
+        partner: String,
         /// The state and the kept lines, as JSON.
         body: String,
     },
@@ -430,6 +435,7 @@ impl Node {
                     Forwarded::Text(json) => format!("U {id} {from}\n{json}"),
                     Forwarded::Left(reason) => format!("V {id} {from} {reason}"),
                     Forwarded::End => format!("E {id} {from}"),
+                    Forwarded::Rekey(new) => format!("R {id} {from} {new}"),
                 };
                 frame(self.batches.entry(worker.to_owned()).or_default(), record.as_bytes());
                 self.stats.relayed_out += 1;
@@ -753,7 +759,12 @@ fn parse_record(record: &[u8]) -> Option<Event> {
         "V" => Some(Event::Forwarded { to, from, what: Forwarded::Left(extra.to_owned()) }),
         "E" => Some(Event::Forwarded { to, from, what: Forwarded::End }),
         "F" => Some(Event::ResumeRefused { to }),
-        "H" => Some(Event::HandedOver { to, old: from, body: body.to_owned() }),
+        "H" => Some(Event::HandedOver {
+            to,
+            old: from,
+            partner: extra.to_owned(),
+            body: body.to_owned(),
+        }),
         "R" => Some(Event::Rekeyed { to, old: from, new: extra.to_owned() }),
         "L" => Some(Event::RemoteLeft { to, from, reason: extra.to_owned() }),
         "M" => Some(Event::RemoteMatched {

@@ -21,7 +21,7 @@
 -- Records published to a worker's channel: "M <to-id> <from-key> <waited-ms>\n<i1>\n<i2>..."
 -- (matched) and "L <to-id> <from-key> <reason>" (partner left), each framed as
 -- "<len>:<record>" so that a channel message may carry several. Resuming adds
--- "X <old-id> <new-key>" (take over), "H <new-id> <old-key>\n<json>" (handed over) and
+-- "X <old-id> <new-key>" (take over), "H <new-id> <old-key> <partner-key>\n<json>" (handed over) and
 -- "R <partner-id> <old-key> <new-key>" (your partner moved); "F <id> <key>" (refused) and the
 -- lines themselves come from the workers.
 
@@ -252,6 +252,8 @@ elseif op == 'handover' then
   local old, new, partner, body = ARGV[4], ARGV[5], ARGV[6], ARGV[8]
   local ow, nw = worker_of(old), worker_of(new)
   if partner ~= '' then
+    -- The partner may have moved too (its own handover ran first): the pair knows where.
+    partner = redis.call('HGET', B .. ':pairs:' .. ow, old) or partner
     local pw = worker_of(partner)
     redis.call('HDEL', B .. ':pairs:' .. ow, old)
     -- Only if the partner is still in this chat (it may have left meanwhile: its leave went to
@@ -278,7 +280,8 @@ elseif op == 'handover' then
     end
   end
   if nw ~= ow then
-    redis.call('PUBLISH', CH .. nw, frame('H ' .. id_of(new) .. ' ' .. old .. '\n' .. body))
+    redis.call('PUBLISH', CH .. nw,
+      frame('H ' .. id_of(new) .. ' ' .. old .. ' ' .. partner .. '\n' .. body))
   end
   return 1
 elseif op == 'beat' then

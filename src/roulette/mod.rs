@@ -1053,6 +1053,10 @@ impl Roulette {
                     Forwarded::Text(json) => self.remote_text(to, &from, json, true, out),
                     Forwarded::Left(reason) => self.remote_left(to, &from, &reason, true, out),
                     Forwarded::End => self.release(to, out),
+                    Forwarded::Rekey(new) => {
+                        let event = ClusterEvent::Rekeyed { to, old: from, new };
+                        self.handle_cluster(now, event, out);
+                    }
                 }
             }
             ClusterEvent::ResumeAsked { old, new } => self.hand_over(now, old, new, out),
@@ -1061,10 +1065,16 @@ impl Roulette {
                     self.reply_error_now(to, &RequestError::ResumeFailed, out);
                 }
             }
-            ClusterEvent::HandedOver { to, old, body } => {
-                self.handed_over(now, to, &old, &body, out)
+            ClusterEvent::HandedOver { to, old, partner, body } => {
+                self.handed_over(now, to, &old, &partner, &body, out)
             }
             ClusterEvent::Rekeyed { to, old, new } => {
+                if let Some((moved_to, _)) = c.moved.get(&to).filter(|(_, t)| *t > now) {
+                    // Both moved at once: the session's new worker learns the partner's move.
+                    let what = Forwarded::Rekey(new);
+                    c.ops.push_back(Op::Forward { to: moved_to.clone(), from: old, what });
+                    return;
+                }
                 let Some(proxy) = c.remote_ids.remove(&old) else { return };
                 c.remote_keys.insert(proxy, new.clone());
                 c.remote_ids.insert(new, proxy);
@@ -1458,6 +1468,7 @@ impl Roulette {
         now: Instant,
         to: PeerId,
         old: &str,
+        current_partner: &str,
         body: &str,
         out: &mut Vec<Action>,
     ) {
@@ -1480,7 +1491,18 @@ impl Roulette {
         };
         let is_idle = self.peers.get(&to).is_some_and(|p| p.state == ChatState::Idle);
         let Some(c) = &mut self.cluster else { return };
-        let partner = b.partner.as_deref().filter(|_| b.state == "chatting");
+        // Redis' word on the partner wins over the old worker's: the partner may have moved too.
+        let partner = match current_partner {
+            "" => b.partner.as_deref(),
+            key => Some(key),
+        };
+        let partner = partner.filter(|_| b.state == "chatting");
+        // A partner of this worker that has just moved on itself is where it moved to.
+        let partner_moved = partner
+            .and_then(|k| c.known_id(k))
+            .filter(|&id| !is_remote(id))
+            .and_then(|id| c.moved.get(&id).map(|(key, _)| key.clone()));
+        let partner = partner_moved.as_deref().or(partner);
         let partner_id = partner.map(|k| c.id_of(k));
         // A partner here still knows the session by its old key.
         let old_proxy = c.remote_ids.get(old).copied();
@@ -2677,7 +2699,13 @@ mod tests {
             json!({"type":"message","text":"kept"}).to_string()]});
         let old = "a/0/1#3".to_owned();
         let events = [
-            ClusterEvent::HandedOver { to: me, old: old.clone(), body: body.to_string() },
+            // Redis names the partner too; here it has not moved (see the next test).
+            ClusterEvent::HandedOver {
+                to: me,
+                old: old.clone(),
+                partner: partner.clone(),
+                body: body.to_string(),
+            },
             // Straight from the partner's worker, which has learnt the new key...
             ClusterEvent::RemoteText { to: me, from: partner.clone(), json: "\"newer\"".into() },
             // ...while the old worker still sends on what reached it before.
@@ -2711,6 +2739,65 @@ mod tests {
             &mut out,
         );
         assert_eq!(out.len(), 1, "not held any more");
+    }
+
+    /// Both people of a chat resumed on other workers at once: the handover body names the
+    /// partner's old key, Redis its new one, and Redis wins; the partner's move, forwarded from
+    /// the old worker, changes nothing more.
+    #[test]
+    fn a_handover_follows_a_partner_that_moved_at_the_same_time() {
+        let now = Instant::now();
+        let mut r =
+            Roulette::clustered(quiet_config(), "d/0/1".into()).with_random(counting_random);
+        let mut out = Vec::new();
+        r.handle_cluster_event(now, ClusterEvent::Up, &mut out);
+        let me = PeerId::new(0, 1, 4);
+        r.handle_event(now, me, Event::Open, &mut out);
+        r.handle_event(
+            now,
+            me,
+            Event::Text(r#"{"type":"resume","token":"00112233445566778899aabbccddeeff"}"#),
+            &mut out,
+        );
+        out.clear();
+        let (stale, moved) = ("a/0/1#3".to_owned(), "c/0/1#8".to_owned());
+        let body = json!({"state":"chatting","partner":stale,"interests":[],"kept":[]});
+        let events = [
+            ClusterEvent::HandedOver {
+                to: me,
+                old: "b/0/1#2".into(),
+                partner: moved.clone(),
+                body: body.to_string(),
+            },
+            ClusterEvent::Forwarded {
+                to: me,
+                from: stale.clone(),
+                what: Forwarded::Rekey(moved.clone()),
+            },
+            ClusterEvent::Forwarded { to: me, from: moved.clone(), what: Forwarded::End },
+            ClusterEvent::RemoteText {
+                to: me,
+                from: moved.clone(),
+                json: "\"from the moved partner\"".into(),
+            },
+            ClusterEvent::RemoteText {
+                to: me,
+                from: stale.clone(),
+                json: "\"from nobody\"".into(),
+            },
+        ];
+        for e in events {
+            r.handle_cluster_event(now, e, &mut out);
+        }
+        let texts: Vec<String> = out
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Send { message: Message::Text(t), .. } => Some(t),
+                _ => None,
+            })
+            .collect();
+        assert!(texts[0].contains("resumed") && texts[0].contains("chatting"), "{texts:?}");
+        assert_eq!(texts[1..], ["\"from the moved partner\""]);
     }
 
     #[test]
