@@ -160,7 +160,7 @@ def main():
                     f"workers = {a.workers}\nmax_connections = {per_worker}\n"
                     + ('user = "nobody"\n' if os.getuid() == 0 else "")
                     # The crowd comes from a few 127.0.0.x addresses.
-                    + "[safety]\nmax_connections_per_address = 0\n"
+                    + "[safety]\nmax_connections_per_address = 0\naddress_search_burst = 0\n"
                     + f'[cluster]\nredis = "redis://127.0.0.1:{a.redis_port}"\nnode = "crowd"\n')
         chatd = subprocess.Popen([a.chatd, "--config", conf],
                                  stdout=open(os.path.join(tmp, "crowd-chatd.log"), "w"),

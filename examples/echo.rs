@@ -26,7 +26,7 @@ impl App for Echo {
         let message = match event {
             Event::Text(t) => Message::Text(t.to_owned()),
             Event::Binary(b) => Message::Binary(b.to_vec()),
-            Event::Open | Event::Closed { .. } => return,
+            Event::Open { .. } | Event::Closed { .. } => return,
         };
         out.push(Action::Send { to: peer, message });
     }

@@ -9,6 +9,8 @@
 //! May not touch: sockets, the clock, `config`.
 use std::{fmt, time::Instant};
 
+use crate::safety::AddrHash;
+
 /// Identifies one WebSocket peer for as long as its connection lives.
 ///
 /// The id packs the worker that owns the connection, a generation and a slot, so that a worker can
@@ -60,7 +62,10 @@ impl fmt::Display for PeerId {
 #[derive(Debug)]
 pub enum Event<'a> {
     /// The WebSocket handshake completed; the peer can now be sent messages.
-    Open,
+    Open {
+        /// Who the client is: the keyed hash of its address (never the address).
+        client: AddrHash,
+    },
     /// A complete, UTF-8 validated text message.
     Text(&'a str),
     /// A complete binary message.

@@ -168,6 +168,10 @@ pub struct FileSafetyConfig {
     pub ban_file: Option<PathBuf>,
     /// `safety.address_key_file`
     pub address_key_file: Option<PathBuf>,
+    /// `safety.address_search_burst`
+    pub address_search_burst: Option<u32>,
+    /// `safety.address_searches_per_second`
+    pub address_searches_per_second: Option<f64>,
 }
 
 /// The `[safety]` table, checked, with the ban file and the key file read.
@@ -452,6 +456,7 @@ impl Config {
             .map(|t| t.parse().map_err(|e| invalid("trusted_proxies", format!("`{t}`: {e}"))))
             .collect::<Result<Vec<Cidr>>>()?;
         let chat = f.chat.unwrap_or_default();
+        let safety = f.safety.unwrap_or_default();
         let dc = ChatConfig::default();
         let cfg = Config {
             path: Some(path.to_owned()),
@@ -482,6 +487,12 @@ impl Config {
                 rematch_cooldown: chat.rematch_cooldown.map_or(dc.rematch_cooldown, |d| d.0),
                 online_interval: chat.online_interval.map_or(dc.online_interval, |d| d.0),
                 resume_window: chat.resume_window.map_or(dc.resume_window, |d| d.0),
+                address_search_burst: safety
+                    .address_search_burst
+                    .unwrap_or(dc.address_search_burst),
+                address_searches_per_second: safety
+                    .address_searches_per_second
+                    .unwrap_or(dc.address_searches_per_second),
             },
             workers: match f.workers {
                 None => d.workers,
@@ -495,7 +506,7 @@ impl Config {
                 Some(c) => Some(cluster_config(c).map_err(|(key, message)| invalid(key, message))?),
             },
             safety: {
-                let s = f.safety.unwrap_or_default();
+                let s = safety;
                 let ban_file = s.ban_file.map(|p| absolute(&p));
                 let bans = match &ban_file {
                     Some(file) => BanList::load(file)
@@ -557,6 +568,10 @@ impl Config {
             if v < Duration::from_millis(10) || v > Duration::from_secs(24 * 3600) {
                 return Err(invalid(key, "must be between 10ms and 24h".into()));
             }
+        }
+        let rate = cfg.chat.address_searches_per_second;
+        if !(rate.is_finite() && rate > 0.0) {
+            return Err(invalid("safety.address_searches_per_second", "must be above 0".into()));
         }
         if cfg.chat.resume_window > Duration::from_secs(600) {
             return Err(invalid("chat.resume_window", "must be between 0s (off) and 10m".into()));
@@ -660,6 +675,8 @@ impl Config {
             safety.ban_file => "safety.ban_file", safety.bans => "safety.ban_file (its entries)",
             safety.address_key_file => "safety.address_key_file",
             safety.address_key => "safety.address_key_file (its key)",
+            chat.address_search_burst => "safety.address_search_burst",
+            chat.address_searches_per_second => "safety.address_searches_per_second",
         );
         changed
     }
@@ -837,6 +854,8 @@ mod tests {
         );
         let e = parse("[chat]\nresume_window = \"11m\"").unwrap_err().to_string();
         assert!(e.contains("`chat.resume_window`"), "{e}");
+        let e = parse("[safety]\naddress_searches_per_second = 0.0").unwrap_err().to_string();
+        assert!(e.contains("`safety.address_searches_per_second`"), "{e}");
     }
 
     #[test]

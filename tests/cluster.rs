@@ -14,7 +14,7 @@ use util::{message, redis::RedisServer, Chat, Server};
 /// A node of the cluster named `name` on `redis`, with `extra` settings.
 fn node(redis: &RedisServer, name: &str, extra: &str) -> Server {
     Server::start(&format!(
-        "[chat]\nonline_interval = \"100ms\"\n{extra}\n[safety]\nmax_connections_per_address = 0\n[cluster]\nredis = \"{}\"\nnode = \"{name}\"\n",
+        "[chat]\nonline_interval = \"100ms\"\n{extra}\n[safety]\nmax_connections_per_address = 0\naddress_search_burst = 0\n[cluster]\nredis = \"{}\"\nnode = \"{name}\"\n",
         redis.url()
     ))
 }

@@ -6,8 +6,9 @@ mod util;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 
+use serde_json::json;
 use tungstenite::WebSocket;
-use util::{connect_from, eventually, Server, TempDir};
+use util::{connect_from, eventually, Chat, Server, TempDir};
 
 /// A WebSocket upgrade from `from`: the socket, or the refusal's status code.
 fn upgrade_from(from: Ipv4Addr, server: &Server) -> Result<WebSocket<TcpStream>, u16> {
@@ -110,4 +111,37 @@ fn a_bad_ban_file_or_key_file_stops_the_start_with_the_reason() {
     let out = util::run_chatd(&["-t", "--config", cfg.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(out.stderr.contains("safety.address_key_file"), "{}", out.stderr);
+}
+
+/// A chat client from `from`, its welcome read.
+fn chat_from(from: Ipv4Addr, server: &Server) -> Chat {
+    let ws = upgrade_from(from, server).expect("upgrade");
+    let mut c = Chat { ws, welcome: serde_json::Value::Null };
+    c.welcome = c.recv_any();
+    assert_eq!(c.welcome["type"], "welcome");
+    c
+}
+
+#[test]
+fn searches_are_budgeted_per_address_across_its_connections() {
+    let server =
+        Server::start("[safety]\naddress_search_burst = 12\naddress_searches_per_second = 0.01");
+    let mut mine: Vec<Chat> = (0..3).map(|_| chat_from(ip(5), &server)).collect();
+    // 12 searches among three connections (4 each, well within each one's own 20), then no more.
+    for i in 0..12 {
+        // Each its own topic: they do not meet one another.
+        let topic = format!("topic {}", i % 3);
+        let c = &mut mine[i % 3];
+        c.search(&[topic.as_str()]);
+        c.expect(json!({"type": "searching"}));
+    }
+    mine[0].search(&[]);
+    mine[0].expect_error("rate_limited");
+    // A new connection of the same address shares the spent budget; another address does not.
+    let mut again = chat_from(ip(5), &server);
+    again.search(&[]);
+    again.expect_error("rate_limited");
+    let mut other = chat_from(ip(6), &server);
+    other.search(&[]);
+    other.expect(json!({"type": "searching"}));
 }

@@ -16,8 +16,10 @@ fuzz_target!(|data: &[u8]| {
     let mut app = Roulette::new(ChatConfig::default());
     let (a, b) = (PeerId::new(0, 0, 1), PeerId::new(0, 0, 2));
     let mut out = Vec::new();
-    app.handle_event(now, a, Event::Open, &mut out);
-    app.handle_event(now, b, Event::Open, &mut out);
+    // One address for both: its search budget is shared.
+    let client = chatd::safety::AddrHash::from_bytes([1; 16]);
+    app.handle_event(now, a, Event::Open { client }, &mut out);
+    app.handle_event(now, b, Event::Open { client }, &mut out);
     app.handle_event(now, a, Event::Text(r#"{"type":"search"}"#), &mut out);
     app.handle_event(now, b, Event::Text(r#"{"type":"search"}"#), &mut out);
     for line in text.split('\n') {

@@ -23,7 +23,8 @@ fuzz_target!(|data: &[u8]| {
         r.handle_cluster_event(now, e, &mut out);
     }
     for slot in 0..4 {
-        r.handle_event(now, PeerId::new(0, 0, slot), Event::Open, &mut out);
+        let client = chatd::safety::AddrHash::from_bytes([slot as u8; 16]);
+        r.handle_event(now, PeerId::new(0, 0, slot), Event::Open { client }, &mut out);
     }
     let resume = r#"{"type":"resume","token":"000102030405060708090a0b0c0d0e0f"}"#;
     r.handle_event(now, PeerId::new(0, 0, 0), Event::Text(resume), &mut out);

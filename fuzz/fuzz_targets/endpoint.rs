@@ -92,7 +92,7 @@ impl App for Echo {
         out: &mut Vec<Action>,
     ) {
         let message = match event {
-            Event::Open => {
+            Event::Open { .. } => {
                 assert!(!self.ended.contains(&peer) && self.open.insert(peer), "opened twice");
                 return;
             }

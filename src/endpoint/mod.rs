@@ -1042,7 +1042,7 @@ fn drive<A: App, S>(
                             ));
                             cx.stats.websockets_opened += 1;
                             debug!(cx.log, "websocket open"; "conn" => slot, "peer" => %client, "peer_id" => %id);
-                            cx.tell(id, Event::Open);
+                            cx.tell(id, Event::Open { client: hash });
                         }
                     }
                 }

@@ -164,7 +164,7 @@ impl App for Recorder {
         assert!(self.last_now.is_none_or(|t| t <= now), "the clock went back");
         self.last_now = Some(now);
         let seen = match event {
-            Event::Open => {
+            Event::Open { .. } => {
                 assert!(!self.ended.contains(&peer), "{peer:?} opened after it closed");
                 assert!(self.open.insert(peer), "{peer:?} opened twice");
                 Seen::Open

@@ -43,6 +43,7 @@ use self::{
 use crate::{
     app::{Action, App, Event, Message, PeerId},
     cluster::{Event as ClusterEvent, Forwarded, Op},
+    safety::AddrHash,
     ws::close_code,
 };
 
@@ -69,6 +70,12 @@ pub struct ChatConfig {
     /// How long a dropped connection's chat or search waits for a `resume`. Default 20 s;
     /// zero turns resuming off.
     pub resume_window: std::time::Duration,
+    /// Searches one client address (an IPv6 /64) may send in a burst, across its connections
+    /// (`[safety] address_search_burst`): a household behind one address, not a script with
+    /// many sockets. Default 60; 0 turns the address budget off.
+    pub address_search_burst: u32,
+    /// Refill of that budget per second (`[safety] address_searches_per_second`). Default 3.
+    pub address_searches_per_second: f64,
 }
 
 impl Default for ChatConfig {
@@ -81,6 +88,8 @@ impl Default for ChatConfig {
             rematch_cooldown: std::time::Duration::from_secs(10),
             online_interval: std::time::Duration::from_secs(5),
             resume_window: std::time::Duration::from_secs(20),
+            address_search_burst: 60,
+            address_searches_per_second: 3.0,
         }
     }
 }
@@ -96,6 +105,9 @@ pub const SEARCH_BURST: u32 = 20;
 
 /// Refill rate of the search budget: a skip per second, sustained.
 pub const SEARCH_PER_SECOND: f64 = 1.0;
+
+/// How often address budgets that are full again (nobody used them lately) are forgotten.
+const ADDRESS_SWEEP: Duration = Duration::from_secs(10);
 
 /// Lines (and the typing state) kept for an away person at most, and their bytes: past either,
 /// the oldest go first.
@@ -164,6 +176,12 @@ struct TokenBucket {
 impl TokenBucket {
     fn full(now: u64, burst: u32) -> TokenBucket {
         TokenBucket { tokens: burst as f32, at: now }
+    }
+
+    /// Whether the bucket would be full at `now`.
+    fn is_full(&self, now: u64, per_second: f64, burst: u32) -> bool {
+        let elapsed = now.saturating_sub(self.at) as f64 / 1000.0;
+        f64::from(self.tokens) + elapsed * per_second >= f64::from(burst.max(1))
     }
 
     /// Takes one token if there is one.
@@ -240,6 +258,8 @@ struct Peer {
     state: ChatState,
     /// The token that resumes this person's session after a drop.
     token: Token,
+    /// Who the client is (the keyed hash of its address).
+    client: AddrHash,
     /// A message was handled (`resume` is only good as the first).
     spoke: bool,
     /// The typing state last relayed to the partner; reset when a chat starts or ends and when
@@ -251,10 +271,11 @@ struct Peer {
 }
 
 impl Peer {
-    fn new(now: u64, config: &ChatConfig, token: Token) -> Peer {
+    fn new(now: u64, config: &ChatConfig, token: Token, client: AddrHash) -> Peer {
         Peer {
             state: ChatState::Idle,
             token,
+            client,
             spoke: false,
             typing: false,
             messages: TokenBucket::full(now, config.rate_burst),
@@ -398,6 +419,9 @@ pub struct Roulette {
     away_wakes: BTreeSet<(Instant, PeerId)>,
     /// The bytes kept in `away`, against [`MAX_KEPT_TOTAL`].
     kept_total: usize,
+    /// Search budgets per client address, and when full ones are next forgotten.
+    addresses: HashMap<AddrHash, TokenBucket>,
+    next_sweep: Option<Instant>,
     /// Where tokens come from ([`os_random`] unless a test says otherwise).
     random: fn(&mut [u8]),
 }
@@ -510,6 +534,8 @@ impl Roulette {
             away: HashMap::new(),
             away_wakes: BTreeSet::new(),
             kept_total: 0,
+            addresses: HashMap::new(),
+            next_sweep: None,
             random: os_random,
         }
     }
@@ -710,7 +736,7 @@ impl Roulette {
         now.saturating_duration_since(epoch).as_millis() as u64
     }
 
-    fn handle_open(&mut self, now: Instant, peer: PeerId, out: &mut Vec<Action>) {
+    fn handle_open(&mut self, now: Instant, peer: PeerId, client: AddrHash, out: &mut Vec<Action>) {
         if self.peers.contains_key(&peer) {
             return; // A repeated Open is a server bug; the first one counted.
         }
@@ -722,7 +748,7 @@ impl Roulette {
         if let Some(c) = &mut self.cluster {
             c.ops.push_back(Op::Token { peer, token: token.hex() });
         }
-        self.peers.insert(peer, Peer::new(now_ms, &self.config, token));
+        self.peers.insert(peer, Peer::new(now_ms, &self.config, token, client));
         if self.online.sent_at.is_none() {
             // The first person is told the count by the welcome, and nobody else is here: that
             // counts as the first broadcast and starts the interval.
@@ -790,6 +816,17 @@ impl Roulette {
         let Some(p) = self.peers.get_mut(&peer) else { return Ok(()) };
         if !p.searches.try_take(now_ms, SEARCH_PER_SECOND, SEARCH_BURST) {
             return Err(RequestError::RateLimited);
+        }
+        // And the address's budget, shared by all its connections (while matching goes on).
+        let (burst, rate) =
+            (self.config.address_search_burst, self.config.address_searches_per_second);
+        if !self.is_draining && burst > 0 {
+            let address =
+                self.addresses.entry(p.client).or_insert_with(|| TokenBucket::full(now_ms, burst));
+            if !address.try_take(now_ms, rate, burst) {
+                return Err(RequestError::RateLimited);
+            }
+            self.next_sweep.get_or_insert(now + ADDRESS_SWEEP);
         }
         if let ChatState::Chatting(partner) = p.state {
             self.end_chat(now, peer, partner, LeaveReason::Next, out);
@@ -1650,7 +1687,7 @@ impl App for Roulette {
         out: &mut Vec<Action>,
     ) {
         match event {
-            Event::Open => self.handle_open(now, peer, out),
+            Event::Open { client } => self.handle_open(now, peer, client, out),
             Event::Text(text) => self.handle_text(now, peer, text, out),
             Event::Binary(_) => {
                 let is_live = self.peers.get(&peer).is_some_and(|p| p.state != ChatState::Closing);
@@ -1669,13 +1706,21 @@ impl App for Roulette {
             c.resuming.values().chain(c.held.values().map(|(t, _)| t)).min().copied()
         });
         let away = self.away_wakes.first().map(|&(t, _)| t);
-        [self.online_due(), self.matchmaker.poll_timeout(), wake, resume, away]
+        [self.online_due(), self.matchmaker.poll_timeout(), wake, resume, away, self.next_sweep]
             .into_iter()
             .flatten()
             .min()
     }
 
     fn handle_timeout(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if self.next_sweep.is_some_and(|t| t <= now) {
+            // Budgets that have refilled say nothing a fresh one would not: forget them.
+            let now_ms = self.millis(now);
+            let (burst, rate) =
+                (self.config.address_search_burst, self.config.address_searches_per_second);
+            self.addresses.retain(|_, b| !b.is_full(now_ms, rate, burst));
+            self.next_sweep = (!self.addresses.is_empty()).then_some(now + ADDRESS_SWEEP);
+        }
         while let Some(&(at, peer)) = self.away_wakes.first() {
             if at > now {
                 break;
@@ -1761,6 +1806,9 @@ impl App for Roulette {
     /// determinism), empties the queue and stops matching and online broadcasts.
     fn handle_shutdown(&mut self, now: Instant, out: &mut Vec<Action>) {
         self.is_draining = true;
+        // No more searches: no budgets to keep.
+        self.addresses.clear();
+        self.next_sweep = None;
         // Nobody can come back to a server that stops: away sessions end now, as a disconnect.
         let mut away: Vec<PeerId> = self.away.keys().copied().collect();
         away.sort_unstable();
@@ -1940,7 +1988,9 @@ mod tests {
 
         fn open(&mut self, n: u32) {
             self.open.insert(id(n));
-            self.event(n, Event::Open);
+            // Each test person is its own address unless a test says otherwise.
+            let client = AddrHash::from_bytes([n as u8; 16]);
+            self.event(n, Event::Open { client });
         }
 
         /// Opens `n` and drops its welcome.
@@ -2681,7 +2731,7 @@ mod tests {
         let mut out = Vec::new();
         r.handle_cluster_event(now, ClusterEvent::Up, &mut out);
         let me = PeerId::new(0, 1, 7);
-        r.handle_event(now, me, Event::Open, &mut out);
+        r.handle_event(now, me, Event::Open { client: AddrHash::from_bytes([0; 16]) }, &mut out);
         r.handle_event(
             now,
             me,
@@ -2752,7 +2802,7 @@ mod tests {
         let mut out = Vec::new();
         r.handle_cluster_event(now, ClusterEvent::Up, &mut out);
         let me = PeerId::new(0, 1, 4);
-        r.handle_event(now, me, Event::Open, &mut out);
+        r.handle_event(now, me, Event::Open { client: AddrHash::from_bytes([0; 16]) }, &mut out);
         r.handle_event(
             now,
             me,
@@ -3114,6 +3164,40 @@ mod tests {
     }
 
     #[test]
+    fn searches_are_limited_per_address_across_connections() {
+        let mut d = Driver::new();
+        let client = AddrHash::from_bytes([9; 16]);
+        for n in 1..=4 {
+            d.open.insert(id(n));
+            d.event(n, Event::Open { client });
+            d.recv(n);
+        }
+        // Four connections of one address: 60 searches among them, each within its own 20.
+        let mut refused = 0;
+        for i in 0..64 {
+            let n = 1 + i % 4;
+            d.send(n, json!({"type":"search","interests":["nobody else"]}));
+            for v in d.recv(n) {
+                if v["type"] == "error" {
+                    assert_eq!(v["code"], "rate_limited");
+                    refused += 1;
+                }
+            }
+        }
+        assert_eq!(refused, 64 - ChatConfig::default().address_search_burst as usize);
+        // Another address is not affected.
+        d.join(5);
+        d.search(5);
+        assert_eq!(d.types(5), ["searching"]);
+        // The budget refills (3 a second), and a full one is forgotten.
+        d.at(1.0);
+        d.send(1, json!({"type":"search","interests":["nobody else"]}));
+        assert_eq!(d.types(1), ["searching"]);
+        d.at(60.0);
+        assert!(d.app.addresses.is_empty(), "refilled budgets are swept");
+    }
+
+    #[test]
     fn sustained_abuse_closes_with_1008() {
         let mut d = Driver::new();
         d.join(1);
@@ -3321,7 +3405,7 @@ mod tests {
         d.join(1);
         d.search(1);
         d.recv(1);
-        d.event(1, Event::Open);
+        d.event(1, Event::Open { client: AddrHash::from_bytes([1; 16]) });
         assert!(d.recv(1).is_empty());
         assert_eq!(d.app.stats(), RouletteStats { online: 1, searching: 1, pairs: 0 });
         // Closed twice.

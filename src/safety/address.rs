@@ -102,6 +102,11 @@ impl AddressKey {
 pub struct AddrHash([u8; 16]);
 
 impl AddrHash {
+    /// A hash from its bytes (tests, fuzzing, one made elsewhere).
+    pub fn from_bytes(bytes: [u8; 16]) -> AddrHash {
+        AddrHash(bytes)
+    }
+
     /// The first 32 bits in hex: enough to follow one client through a log, useless to find it.
     pub fn short(&self) -> String {
         self.0[..4].iter().map(|b| format!("{b:02x}")).collect()
