@@ -340,8 +340,13 @@ wscheck pair "ws://${PRIV4[chat-a]}/ws" --b "ws://${PRIV4[chat-b]}/ws"
 say "ok: a person on chat-a was paired with one on chat-b and they chatted (IPv4)"
 wscheck pair "ws://[${PRIV6[chat-a]}]/ws" --b "ws://[${PRIV6[chat-b]}]/ws"
 say "ok: ... and over IPv6"
-cross=$(( $(metric chat-a chatd_cluster_cross_matches_total) + $(metric chat-b chatd_cluster_cross_matches_total) ))
-# (Each client connects to its own host, so each pair crossed; the counter confirms Redis did it.)
+# (Each client connects to its own host, so each pair crossed; the counter confirms Redis did it.
+# A node refreshes its cluster families once a second: wait for them.)
+for _ in $(seq 25); do
+    cross=$(( $(metric chat-a chatd_cluster_cross_matches_total) + $(metric chat-b chatd_cluster_cross_matches_total) ))
+    [ "$cross" -ge 1 ] && break
+    sleep 0.2
+done
 check "the nodes counted cross-host matches (chatd_cluster_cross_matches_total: $cross)" [ "$cross" -ge 1 ]
 code=$(L curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://${PRIV4[chat-a]}/metrics" || true)
 check "/metrics is refused to the outside client ($code)" [ "$code" = 403 -o "$code" = 404 ]
