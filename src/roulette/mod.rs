@@ -596,7 +596,9 @@ impl Roulette {
     /// Sends an encoded message to local `to`, or keeps it if `to` is away, or holds it while
     /// `to`'s old worker may still forward earlier ones.
     fn send_local(&mut self, out: &mut Vec<Action>, to: PeerId, json: String) {
-        if let Some((_, lines)) = self.cluster.as_mut().and_then(|c| c.held.get_mut(&to)) {
+        // Every relayed line comes here: the maps are nearly always empty, and then not hashed.
+        let held = self.cluster.as_mut().filter(|c| !c.held.is_empty());
+        if let Some((_, lines)) = held.and_then(|c| c.held.get_mut(&to)) {
             lines.push(json);
             return;
         }
@@ -605,7 +607,7 @@ impl Roulette {
 
     /// Sends an encoded message to local `to` (or keeps it if `to` is away), holding nothing.
     fn send_now(&mut self, out: &mut Vec<Action>, to: PeerId, json: String) {
-        if self.away.contains_key(&to) {
+        if !self.away.is_empty() && self.away.contains_key(&to) {
             self.keep(to, json);
         } else {
             out.push(Action::Send { to, message: Message::Text(json) });
@@ -1268,34 +1270,33 @@ impl Roulette {
     /// `peer` dropped: it leaves the table (its slot will be reused) for `away`, where its
     /// chat or its place waits; its partner is told `partner_away`.
     fn go_away(&mut self, now: Instant, peer: PeerId, out: &mut Vec<Action>) {
-        let Some(mut p) = self.peers.remove(&peer) else { return };
-        p.typing = false;
         let until = now + self.config.resume_window;
-        let mut a = Away {
-            peer: p,
-            until,
-            kept: VecDeque::new(),
-            kept_bytes: 0,
-            parked: None,
-            interests: Vec::new(),
-        };
-        match a.peer.state {
-            ChatState::Chatting(partner) => {
-                self.deliver(out, peer, partner, &ServerMessage::PartnerAway);
-            }
-            ChatState::Searching => match &mut self.cluster {
-                Some(c) => {
-                    a.interests = c.searching.remove(&peer).unwrap_or_default();
-                    c.wakes.retain(|&(_, p)| p != peer);
-                    c.ops.push_back(Op::Park { peer });
-                }
-                None => a.parked = self.matchmaker.park(peer),
-            },
-            ChatState::Idle | ChatState::Closing => {}
+        let Some(a) = self.leave_table(peer, until) else { return };
+        if let ChatState::Chatting(partner) = a.peer.state {
+            self.deliver(out, peer, partner, &ServerMessage::PartnerAway);
         }
         self.counters.resume_drops += 1;
         self.away_wakes.insert((until, peer));
         self.away.insert(peer, a);
+    }
+
+    /// Takes `peer` out of the table into an [`Away`] kept until `until`; a searcher's place is
+    /// parked (out of the queue's indexes, its order kept).
+    fn leave_table(&mut self, peer: PeerId, until: Instant) -> Option<Away> {
+        let mut p = self.peers.remove(&peer)?;
+        p.typing = false;
+        let (mut parked, mut interests) = (None, Vec::new());
+        if p.state == ChatState::Searching {
+            match &mut self.cluster {
+                Some(c) => {
+                    interests = c.searching.remove(&peer).unwrap_or_default();
+                    c.wakes.retain(|&(_, w)| w != peer);
+                    c.ops.push_back(Op::Park { peer });
+                }
+                None => parked = self.matchmaker.park(peer),
+            }
+        }
+        Some(Away { peer: p, until, kept: VecDeque::new(), kept_bytes: 0, parked, interests })
     }
 
     /// `peer` will not come back (its window passed, the server stops): its chat ends as a
@@ -1356,30 +1357,12 @@ impl Roulette {
                 }
                 out.push(Action::Close { peer: old, code: CLOSE_RESUMED, reason: REASON_RESUMED });
                 // Its Closed finds nobody: the session leaves the table now.
-                let peer = self.peers.remove(&old)?;
-                let mut a = Away {
-                    peer,
-                    until: now,
-                    kept: VecDeque::new(),
-                    kept_bytes: 0,
-                    parked: None,
-                    interests: Vec::new(),
-                };
+                let mut a = self.leave_table(old, now)?;
                 if let Some(c) = &mut self.cluster {
                     c.resuming.remove(&old);
                     // Lines held for it (it had resumed itself) go with the session.
                     if let Some((_, lines)) = c.held.remove(&old) {
                         lines.into_iter().for_each(|json| a.keep(json));
-                    }
-                }
-                if a.peer.state == ChatState::Searching {
-                    match &mut self.cluster {
-                        Some(c) => {
-                            a.interests = c.searching.remove(&old).unwrap_or_default();
-                            c.wakes.retain(|&(_, p)| p != old);
-                            c.ops.push_back(Op::Park { peer: old });
-                        }
-                        None => a.parked = self.matchmaker.park(old),
                     }
                 }
                 a
@@ -2721,29 +2704,42 @@ mod tests {
         assert_eq!(d.errors(3), ["resume_failed"]);
     }
 
-    /// The new worker's side of a handover, with the partner on a third worker: its direct
-    /// lines wait until the old worker has sent on the ones that reached it first.
-    #[test]
-    fn a_handed_over_chat_holds_the_partners_newer_lines_until_the_old_worker_is_done() {
-        let now = Instant::now();
-        let mut r =
-            Roulette::clustered(quiet_config(), "b/0/1".into()).with_random(counting_random);
+    /// Worker `worker` of a cluster whose connection `me` has asked to resume a session held
+    /// by another worker (the `Resume` operation is checked and drained, as is the output).
+    fn resuming_worker(now: Instant, worker: &str, me: PeerId) -> Roulette {
+        let mut r = Roulette::clustered(quiet_config(), worker.into()).with_random(counting_random);
         let mut out = Vec::new();
         r.handle_cluster_event(now, ClusterEvent::Up, &mut out);
-        let me = PeerId::new(0, 1, 7);
         r.handle_event(now, me, Event::Open { client: AddrHash::from_bytes([0; 16]) }, &mut out);
-        r.handle_event(
-            now,
-            me,
-            Event::Text(r#"{"type":"resume","token":"0123456789abcdef0123456789abcdef"}"#),
-            &mut out,
-        );
+        let resume = r#"{"type":"resume","token":"0123456789abcdef0123456789abcdef"}"#;
+        r.handle_event(now, me, Event::Text(resume), &mut out);
         let ops: Vec<Op> = std::iter::from_fn(|| r.poll_cluster_op()).collect();
         assert!(
             ops.iter().any(|op| matches!(op, Op::Resume { peer, .. } if *peer == me)),
             "{ops:?}"
         );
-        out.clear();
+        r
+    }
+
+    /// The text frames among `actions`, in order.
+    fn texts_sent(actions: Vec<Action>) -> Vec<String> {
+        actions
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Send { message: Message::Text(t), .. } => Some(t),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The new worker's side of a handover, with the partner on a third worker: its direct
+    /// lines wait until the old worker has sent on the ones that reached it first.
+    #[test]
+    fn a_handed_over_chat_holds_the_partners_newer_lines_until_the_old_worker_is_done() {
+        let now = Instant::now();
+        let me = PeerId::new(0, 1, 7);
+        let mut r = resuming_worker(now, "b/0/1", me);
+        let mut out = Vec::new();
         let partner = "c/0/1#5".to_owned();
         let body = json!({"state":"chatting","partner":partner,"interests":[],"kept":[
             json!({"type":"message","text":"kept"}).to_string()]});
@@ -2769,10 +2765,7 @@ mod tests {
         let mut got = Vec::new();
         for e in events {
             r.handle_cluster_event(now, e, &mut out);
-            got.extend(out.drain(..).filter_map(|a| match a {
-                Action::Send { message: Message::Text(t), .. } => Some(t),
-                _ => None,
-            }));
+            got.extend(texts_sent(std::mem::take(&mut out)));
         }
         let types: Vec<String> = got
             .iter()
@@ -2797,19 +2790,9 @@ mod tests {
     #[test]
     fn a_handover_follows_a_partner_that_moved_at_the_same_time() {
         let now = Instant::now();
-        let mut r =
-            Roulette::clustered(quiet_config(), "d/0/1".into()).with_random(counting_random);
-        let mut out = Vec::new();
-        r.handle_cluster_event(now, ClusterEvent::Up, &mut out);
         let me = PeerId::new(0, 1, 4);
-        r.handle_event(now, me, Event::Open { client: AddrHash::from_bytes([0; 16]) }, &mut out);
-        r.handle_event(
-            now,
-            me,
-            Event::Text(r#"{"type":"resume","token":"00112233445566778899aabbccddeeff"}"#),
-            &mut out,
-        );
-        out.clear();
+        let mut r = resuming_worker(now, "d/0/1", me);
+        let mut out = Vec::new();
         let (stale, moved) = ("a/0/1#3".to_owned(), "c/0/1#8".to_owned());
         let body = json!({"state":"chatting","partner":stale,"interests":[],"kept":[]});
         let events = [
@@ -2839,13 +2822,7 @@ mod tests {
         for e in events {
             r.handle_cluster_event(now, e, &mut out);
         }
-        let texts: Vec<String> = out
-            .into_iter()
-            .filter_map(|a| match a {
-                Action::Send { message: Message::Text(t), .. } => Some(t),
-                _ => None,
-            })
-            .collect();
+        let texts = texts_sent(out);
         assert!(texts[0].contains("resumed") && texts[0].contains("chatting"), "{texts:?}");
         assert_eq!(texts[1..], ["\"from the moved partner\""]);
     }
