@@ -1241,10 +1241,10 @@ impl Roulette {
         };
         let Some(p) = self.peers.get(&peer) else { return };
         let window = self.config.resume_window;
-        // An idle person has nothing to come back to: only a chat or a search waits.
+        // Every drop waits (issue 12: an idle person resumes as idle); MAX_AWAY bounds them.
         let has_room = self.away.len() < MAX_AWAY;
-        let worth = matches!(p.state, ChatState::Chatting(_) | ChatState::Searching);
-        if dropped && has_room && worth && !window.is_zero() && !self.is_draining {
+        let live = p.state != ChatState::Closing;
+        if dropped && has_room && live && !window.is_zero() && !self.is_draining {
             self.go_away(now, peer, out);
             for json in held.into_iter().flatten() {
                 self.keep(peer, json);
@@ -2676,14 +2676,16 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_person_who_drops_has_nothing_to_resume() {
+    fn an_idle_person_who_drops_resumes_idle() {
         let mut d = Driver::new();
         let token = d.join_token(1);
         d.dropped(1);
-        assert!(d.app.away.is_empty());
-        d.join(2);
+        assert_eq!(d.app.away.len(), 1);
+        let new_token = d.join_token(2);
         resume(&mut d, 2, &token);
-        assert_eq!(d.errors(2), ["resume_failed"]);
+        assert_eq!(d.recv(2), [json!({"type":"resumed","resume_token":new_token,"state":"idle"})]);
+        d.search(2);
+        assert_eq!(d.types(2), ["searching"]);
     }
 
     #[test]
