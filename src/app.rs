@@ -116,6 +116,16 @@ pub enum Action {
         /// A reason of at most 123 bytes.
         reason: &'static str,
     },
+    /// An address was shadow-banned (the server logs it: the short hash and the counts, never
+    /// a line of chat).
+    Banned {
+        /// Who.
+        client: AddrHash,
+        /// Distinct addresses that reported it within the window.
+        reports: usize,
+        /// For how long.
+        duration: std::time::Duration,
+    },
 }
 
 /// A WebSocket application: the echo example, the roulette.

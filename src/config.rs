@@ -16,7 +16,7 @@ pub use crate::roulette::ChatConfig;
 use crate::{
     cluster::RedisTarget,
     http::Cidr,
-    safety::{AddressKey, BanList},
+    safety::{ledger::MAX_BITS, AddressKey, BanList, Pow, Rules},
 };
 
 /// Most entries `trusted_proxies` may list: each request from a proxy is checked against every
@@ -172,6 +172,36 @@ pub struct FileSafetyConfig {
     pub address_search_burst: Option<u32>,
     /// `safety.address_searches_per_second`
     pub address_searches_per_second: Option<f64>,
+    /// `safety.report_threshold`
+    pub report_threshold: Option<u32>,
+    /// `safety.report_window`
+    pub report_window: Option<ConfigDuration>,
+    /// `safety.ban_duration`
+    pub ban_duration: Option<ConfigDuration>,
+    /// `safety.block_duration`
+    pub block_duration: Option<ConfigDuration>,
+    /// `safety.spam_partners`
+    pub spam_partners: Option<u32>,
+    /// `safety.spam_window`
+    pub spam_window: Option<ConfigDuration>,
+    /// `safety.spam_min_chars`
+    pub spam_min_chars: Option<usize>,
+    /// `safety.pow_bits`: a number or `"auto"`.
+    pub pow_bits: Option<FilePowBits>,
+    /// `safety.pow_auto_rate`
+    pub pow_auto_rate: Option<f64>,
+    /// `safety.pardon`
+    pub pardon: Option<Vec<String>>,
+}
+
+/// `pow_bits = N` or `pow_bits = "auto"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum FilePowBits {
+    /// Leading zero bits; 0 is off.
+    Bits(u8),
+    /// `"auto"`.
+    Named(WorkersAuto),
 }
 
 /// The `[safety]` table, checked, with the ban file and the key file read.
@@ -493,6 +523,10 @@ impl Config {
                 address_searches_per_second: safety
                     .address_searches_per_second
                     .unwrap_or(dc.address_searches_per_second),
+                max_connections_per_address: safety
+                    .max_connections_per_address
+                    .unwrap_or(d.safety.max_connections_per_address),
+                safety: safety_rules(&safety).map_err(|(key, message)| invalid(key, message))?,
             },
             workers: match f.workers {
                 None => d.workers,
@@ -677,9 +711,70 @@ impl Config {
             safety.address_key => "safety.address_key_file (its key)",
             chat.address_search_burst => "safety.address_search_burst",
             chat.address_searches_per_second => "safety.address_searches_per_second",
+            chat.safety.report_threshold => "safety.report_threshold",
+            chat.safety.report_window => "safety.report_window",
+            chat.safety.ban_duration => "safety.ban_duration",
+            chat.safety.block_duration => "safety.block_duration",
+            chat.safety.spam_partners => "safety.spam_partners",
+            chat.safety.spam_window => "safety.spam_window",
+            chat.safety.spam_min_chars => "safety.spam_min_chars",
+            chat.safety.pow => "safety.pow_bits (or pow_auto_rate)",
+            chat.safety.pardon => "safety.pardon",
         );
         changed
     }
+}
+
+/// The `[safety]` rules of the roulette, checked; an error names its key.
+fn safety_rules(s: &FileSafetyConfig) -> Result<Rules, (&'static str, String)> {
+    let r = Rules::default();
+    let duration = |key: &'static str, v: Option<ConfigDuration>, default: Duration| {
+        let v = v.map_or(default, |d| d.0);
+        if v < Duration::from_secs(1) || v > Duration::from_secs(30 * 86400) {
+            return Err((key, "must be between 1s and 30 days (720h)".into()));
+        }
+        Ok(v)
+    };
+    let rate = s.pow_auto_rate.unwrap_or(50.0);
+    let pow = match s.pow_bits {
+        None | Some(FilePowBits::Bits(0)) => Pow::Off,
+        Some(FilePowBits::Bits(n)) if n <= MAX_BITS => Pow::Bits(n),
+        Some(FilePowBits::Bits(_)) => {
+            return Err(("safety.pow_bits", format!("must be 0 (off) to {MAX_BITS}, or \"auto\"")))
+        }
+        Some(FilePowBits::Named(WorkersAuto::Auto)) => Pow::Auto { rate },
+    };
+    if !(rate.is_finite() && rate > 0.0) {
+        return Err(("safety.pow_auto_rate", "must be above 0".into()));
+    }
+    let threshold = s.report_threshold.unwrap_or(r.report_threshold);
+    if !(1..=100).contains(&threshold) {
+        return Err(("safety.report_threshold", "must be between 1 and 100".into()));
+    }
+    let spam_partners = s.spam_partners.unwrap_or(r.spam_partners);
+    if spam_partners > 100 {
+        return Err(("safety.spam_partners", "must be between 0 (off) and 100".into()));
+    }
+    let pardon = s.pardon.clone().unwrap_or_default();
+    if let Some(bad) = pardon.iter().find(|p| {
+        p.len() != 8 || !p.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    }) {
+        return Err((
+            "safety.pardon",
+            format!("`{bad}` is not a short hash (8 lowercase hex digits, as logged)"),
+        ));
+    }
+    Ok(Rules {
+        report_threshold: threshold,
+        report_window: duration("safety.report_window", s.report_window, r.report_window)?,
+        ban_duration: duration("safety.ban_duration", s.ban_duration, r.ban_duration)?,
+        block_duration: duration("safety.block_duration", s.block_duration, r.block_duration)?,
+        spam_partners,
+        spam_window: duration("safety.spam_window", s.spam_window, r.spam_window)?,
+        spam_min_chars: s.spam_min_chars.unwrap_or(r.spam_min_chars).clamp(1, 10_000),
+        pow,
+        pardon,
+    })
 }
 
 /// Checks the `[cluster]` table; an error names its key.

@@ -1,5 +1,5 @@
-//! Any text, as a chat client's message, given to the roulette: no panic, and every answer is
-//! valid JSON.
+//! Any text, as a chat client's message (reports, blocks and proofs of work included), given to
+//! the roulette: no panic, and every answer is valid JSON.
 #![no_main]
 use std::time::Instant;
 
@@ -13,7 +13,12 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let now = Instant::now();
-    let mut app = Roulette::new(ChatConfig::default());
+    // Every third input with the proof of work on, so that `pow` fields are checked too.
+    let mut config = ChatConfig::default();
+    if data.len() % 3 == 0 {
+        config.safety.pow = chatd::safety::Pow::Bits(4);
+    }
+    let mut app = Roulette::new(config);
     let (a, b) = (PeerId::new(0, 0, 1), PeerId::new(0, 0, 2));
     let mut out = Vec::new();
     // One address for both: its search budget is shared.

@@ -40,6 +40,9 @@ pub enum Op {
         peer: PeerId,
         /// Its interests, normalised and sorted.
         interests: Vec<String>,
+        /// Its address hash (hex): the queue keeps shadow-banned people and blocked pairs
+        /// apart.
+        client: String,
     },
     /// `peer` stopped searching.
     Cancel {
@@ -62,6 +65,48 @@ pub enum Op {
         peer: PeerId,
         /// Its token, in hex.
         token: String,
+        /// Its address hash (hex).
+        client: String,
+        /// Connections of that address on this worker now.
+        count: u32,
+        /// A new connection (its reply says whether the address is over its cap across the
+        /// cluster), not one registered again after a reconnect.
+        fresh: bool,
+    },
+    /// The connections of one address on this worker changed (one closed).
+    Count {
+        /// The address hash (hex).
+        client: String,
+        /// Connections of that address on this worker now.
+        count: u32,
+    },
+    /// A report of `target` by `reporter` (address hashes): Redis counts distinct reporters
+    /// within the window and shadow-bans at the threshold.
+    Report {
+        /// The reported address.
+        target: String,
+        /// The reporter's address.
+        reporter: String,
+        /// Distinct reporters that ban.
+        threshold: u32,
+        /// Reports older than this do not count.
+        window_ms: u64,
+        /// How long a ban lasts.
+        ban_ms: u64,
+    },
+    /// Two addresses are not paired for `ms`.
+    Block {
+        /// One address.
+        a: String,
+        /// The other.
+        b: String,
+        /// For how long.
+        ms: u64,
+    },
+    /// Lifts the shadow bans of these short hashes (a reload's `pardon`).
+    Pardon {
+        /// 8 hex digits each.
+        shorts: Vec<String>,
     },
     /// The token is no longer good (closed, expired, used).
     Untoken {
@@ -158,6 +203,8 @@ pub enum Event {
         waited: Duration,
         /// How long the partner searched.
         partner_waited: Duration,
+        /// The partner's address hash (hex), or empty.
+        partner_client: String,
         /// Shared interests, sorted.
         common: Vec<String>,
     },
@@ -181,6 +228,8 @@ pub enum Event {
         from: String,
         /// How long `to` waited.
         waited: Duration,
+        /// The partner's address hash (hex), or empty.
+        client: String,
         /// Shared interests, sorted.
         common: Vec<String>,
     },
@@ -245,6 +294,20 @@ pub enum Event {
         /// What it said.
         what: Forwarded,
     },
+    /// This worker's report shadow-banned `client`.
+    Banned {
+        /// The address hash (hex).
+        client: String,
+        /// Distinct reporters within the window.
+        reports: usize,
+    },
+    /// Local `peer`'s address holds `count` connections across the cluster.
+    Crowded {
+        /// The new connection.
+        peer: PeerId,
+        /// Connections of its address on every live worker.
+        count: usize,
+    },
     /// The whole crowd's size.
     Online(usize),
     /// The link to Redis is up (again): the roulette puts its state back.
@@ -264,6 +327,10 @@ pub enum Tag {
     Beat,
     /// A resume asked for this peer.
     Resume(PeerId),
+    /// A new connection's token (the reply counts its address's connections).
+    Token(PeerId),
+    /// A report of this address (the reply says whether it banned).
+    Report(String),
     /// Anything whose reply only counts (cancel, part, publish).
     Other,
 }
@@ -450,9 +517,27 @@ impl Node {
                 let record = format!("F {id} {}#0", self.worker);
                 frame(self.batches.entry(worker.to_owned()).or_default(), record.as_bytes());
             }
-            Op::Token { peer, token } => {
-                self.script("token", vec![token, self.key(peer)], Tag::Other)
+            Op::Token { peer, token, client, count, fresh } => {
+                let tag = if fresh { Tag::Token(peer) } else { Tag::Other };
+                let args = vec![token, self.key(peer), client, count.to_string()];
+                self.script("token", args, tag)
             }
+            Op::Count { client, count } => {
+                let args = vec![self.worker.clone(), client, count.to_string()];
+                self.script("count", args, Tag::Other)
+            }
+            Op::Report { target, reporter, threshold, window_ms, ban_ms } => {
+                let args = vec![
+                    target.clone(),
+                    reporter,
+                    threshold.to_string(),
+                    window_ms.to_string(),
+                    ban_ms.to_string(),
+                ];
+                self.script("report", args, Tag::Report(target))
+            }
+            Op::Block { a, b, ms } => self.script("block", vec![a, b, ms.to_string()], Tag::Other),
+            Op::Pardon { shorts } => self.script("pardon", shorts, Tag::Other),
             Op::Untoken { peer, token } => {
                 self.script("untoken", vec![token, self.key(peer)], Tag::Other)
             }
@@ -477,13 +562,14 @@ impl Node {
                 frame(batch, record.as_bytes());
                 self.stats.relayed_out += 1;
             }
-            Op::Search { peer, interests } => {
+            Op::Search { peer, interests, client } => {
                 self.flush_batches();
                 let mut args = self.script_args("search");
                 args.push(self.key(peer).into_bytes());
                 args.push(self.worker.clone().into_bytes());
                 args.push(self.interest_timeout.as_millis().to_string().into_bytes());
                 args.push(self.rematch_cooldown.as_millis().to_string().into_bytes());
+                args.push(client.into_bytes());
                 args.push(interests.len().to_string().into_bytes());
                 args.extend(interests.into_iter().map(String::into_bytes));
                 self.queue(Tag::Search(peer), args);
@@ -609,7 +695,7 @@ impl Node {
                     })
                     .collect();
                 let event = match strings.first().map(String::as_str) {
-                    Some("matched") if strings.len() >= 4 => {
+                    Some("matched") if strings.len() >= 5 => {
                         let ms = |s: &str| Duration::from_millis(s.parse().unwrap_or(0));
                         let partner = strings[1].clone();
                         if !partner.starts_with(&format!("{}#", self.worker)) {
@@ -620,7 +706,8 @@ impl Node {
                             partner,
                             waited: ms(&strings[2]),
                             partner_waited: ms(&strings[3]),
-                            common: strings[4..].to_vec(),
+                            partner_client: strings[4].clone(),
+                            common: strings[5..].to_vec(),
                         }
                     }
                     Some("waiting") => {
@@ -637,6 +724,14 @@ impl Node {
             // Asked: the session's worker answers on this worker's channel (H or F).
             (Tag::Resume(_), Value::Bulk(Some(b))) if b == b"sent" => {}
             (Tag::Resume(peer), _) => self.events.push_back(Event::ResumeRefused { to: peer }),
+            (Tag::Token(peer), Value::Integer(n)) => {
+                let count = usize::try_from(n).unwrap_or(0);
+                self.events.push_back(Event::Crowded { peer, count });
+            }
+            (Tag::Report(client), Value::Integer(n)) if n > 0 => {
+                let reports = usize::try_from(n).unwrap_or(0);
+                self.events.push_back(Event::Banned { client, reports });
+            }
             _ => {}
         }
     }
@@ -770,7 +865,10 @@ fn parse_record(record: &[u8]) -> Option<Event> {
         "M" => Some(Event::RemoteMatched {
             to,
             from,
-            waited: Duration::from_millis(extra.parse().unwrap_or(0)),
+            waited: Duration::from_millis(
+                extra.split(' ').next().unwrap_or("").parse().unwrap_or(0),
+            ),
+            client: extra.split(' ').nth(1).unwrap_or("").to_owned(),
             common: body.split('\n').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
         }),
         _ => None,
@@ -826,7 +924,7 @@ mod tests {
     fn records_round_trip_and_garbage_is_ignored() {
         let mut n = node();
         let mut payload = Vec::new();
-        frame(&mut payload, b"M 5 b/0/9#1 1500\nmusic\nchess");
+        frame(&mut payload, b"M 5 b/0/9#1 1500 00ff\nmusic\nchess");
         frame(&mut payload, b"L 5 b/0/9#1 next");
         payload.extend_from_slice(b"99999999999:junk");
         n.handle_message(&payload);
@@ -836,6 +934,7 @@ mod tests {
                 to: peer_id(5),
                 from: "b/0/9#1".into(),
                 waited: Duration::from_millis(1500),
+                client: "00ff".into(),
                 common: vec!["music".into(), "chess".into()],
             })
         );
@@ -857,7 +956,7 @@ mod tests {
         n.handle_down([Tag::Search(peer)]);
         assert_eq!(n.poll_event(), Some(Event::SearchFailed { peer }));
         assert_eq!(n.poll_event(), Some(Event::Down));
-        n.handle_op(Op::Search { peer, interests: vec![] });
+        n.handle_op(Op::Search { peer, interests: vec![], client: String::new() });
         assert_eq!(n.poll_event(), Some(Event::SearchFailed { peer }));
         assert!(n.poll_command().is_none());
     }

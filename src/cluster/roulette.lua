@@ -7,7 +7,9 @@
 --   B:seq              counter: queue places (smaller waited longer)
 --   B:open             zset seq -> peer: waiters who take anyone
 --   B:int:<interest>   zset seq -> peer: waiters who gave that interest (picky or open)
---   B:w:<peer>         hash: seq, since (ms), open (0/1), worker, n, i1..in (interests)
+--   B:sb:open, B:sb:int:<interest>  the same for the shadow-banned, who only meet each other
+--   B:w:<peer>         hash: seq, since (ms), open (0/1), worker, a (address hash), p (pool:
+--                      '' or 'sb:'), n, i1..in (interests)
 --   B:ww:<worker>      set: the worker's waiters (for reaping a dead worker)
 --   B:pairs:<worker>   hash: the worker's chatting peer -> its partner (for reaping)
 --   B:parted           zset "a|b" (a < b) -> when they parted (ms): the rematch cooldown
@@ -15,6 +17,11 @@
 --   B:online           hash worker -> people connected there
 --   B:t:<token>        string: the peer holding a resume token (connected or away)
 --   B:tw:<worker>      set: the worker's tokens (for reaping a dead worker)
+--   B:ac:<address>     hash worker -> that address's connections there (live workers count)
+--   B:rep:<address>    zset reporter address -> when (ms): reports within the window
+--   B:ban:<address>    string (reports), with a TTL: a shadow ban
+--   B:blk:<a>|<b>      string, with a TTL: two addresses (a < b) that are never paired
+-- Addresses are keyed hashes (32 hex digits) made by the workers; no address is stored.
 -- Peers are "WORKER#ID"; WORKER is "node/index/pid". A worker's channel is
 -- "PREFIX:ch:WORKER" (ARGV[3] is "PREFIX:ch:"). Message text never passes through here.
 --
@@ -60,13 +67,33 @@ local function unqueue(peer)
   if #f == 0 then return nil end
   local h = {}
   for i = 1, #f, 2 do h[f[i]] = f[i + 1] end
-  redis.call('ZREM', B .. ':open', peer)
+  local pool = B .. ':' .. (h.p or '')
+  redis.call('ZREM', pool .. 'open', peer)
   for i = 1, tonumber(h.n or '0') do
-    redis.call('ZREM', B .. ':int:' .. h['i' .. i], peer)
+    redis.call('ZREM', pool .. 'int:' .. h['i' .. i], peer)
   end
   redis.call('SREM', B .. ':ww:' .. (h.worker or ''), peer)
   redis.call('DEL', w)
   return h
+end
+
+-- Puts a waiter's hash fields (as unqueue returned them) back in the indexes of its pool.
+local function enqueue(peer, h)
+  local fields = {}
+  for k, v in pairs(h) do
+    fields[#fields + 1] = k
+    fields[#fields + 1] = v
+  end
+  local pool = B .. ':' .. (h.p or '')
+  local seq = tonumber(h.seq)
+  for i = 1, tonumber(h.n or '0') do redis.call('ZADD', pool .. 'int:' .. h['i' .. i], seq, peer) end
+  if h.open == '1' then redis.call('ZADD', pool .. 'open', seq, peer) end
+  redis.call('HSET', B .. ':w:' .. peer, unpack(fields))
+  redis.call('SADD', B .. ':ww:' .. h.worker, peer)
+end
+
+local function is_banned(address)
+  return address and address ~= '' and redis.call('EXISTS', B .. ':ban:' .. address) == 1
 end
 
 -- Forgets a dead worker: its waiters leave the queue, its people's partners are told.
@@ -93,7 +120,7 @@ end
 -- live worker. A waiter of a dead worker makes the whole worker forgotten at once (so one
 -- search never steps over its waiters one by one). Returns peer, seq, and the earliest
 -- parting that blocked one (or nil).
-local function first_eligible(key, peer, cooldown)
+local function first_eligible(key, peer, cooldown, address, shadow)
   local blocked
   local start = 0
   while true do
@@ -104,9 +131,20 @@ local function first_eligible(key, peer, cooldown)
       local cand, seq = got[i], tonumber(got[i + 1])
       if cand ~= peer then
         local parted = redis.call('ZSCORE', B .. ':parted', pair_key(peer, cand))
+        local theirs = redis.call('HGET', B .. ':w:' .. cand, 'a') or ''
         if parted and tonumber(parted) + cooldown > now then
           local p = tonumber(parted)
           if not blocked or p < blocked then blocked = p end
+        elseif not shadow and is_banned(theirs) then
+          -- Banned while it waited: over to the shadow pool, keeping its place.
+          local h = unqueue(cand)
+          h.p = 'sb:'
+          enqueue(cand, h)
+          reaped = true
+          break
+        elseif address ~= '' and theirs ~= ''
+            and redis.call('EXISTS', B .. ':blk:' .. pair_key(address, theirs)) == 1 then
+          -- A block: stepped over (it outlasts any wait, so no retry is scheduled).
         elseif is_alive(worker_of(cand)) then
           return cand, seq, blocked
         else
@@ -122,12 +160,17 @@ local function first_eligible(key, peer, cooldown)
 end
 
 if op == 'search' then
-  -- ARGV: op, B, CH, peer, worker, interest_timeout_ms, cooldown_ms, n, i1..in (sorted)
+  -- ARGV: op, B, CH, peer, worker, interest_timeout_ms, cooldown_ms, address, n, i1..in
+  -- (sorted)
   local peer, worker = ARGV[4], ARGV[5]
   local timeout, cooldown = tonumber(ARGV[6]), tonumber(ARGV[7])
-  local n = tonumber(ARGV[8])
+  local address = ARGV[8]
+  local n = tonumber(ARGV[9])
   local ints = {}
-  for i = 1, n do ints[i] = ARGV[8 + i] end
+  for i = 1, n do ints[i] = ARGV[9 + i] end
+  local shadow = is_banned(address)
+  local pool = shadow and 'sb:' or ''
+  local P = B .. ':' .. pool
   redis.call('ZREMRANGEBYSCORE', B .. ':parted', '-inf', now - cooldown)
   -- A search shows its worker alive (its first heartbeat may still be on the way).
   redis.call('ZADD', B .. ':alive', now, worker)
@@ -143,12 +186,12 @@ if op == 'search' then
   while true do
     local best, best_seq, blocked
     for i = 1, n do
-      local c, s, b = first_eligible(B .. ':int:' .. ints[i], peer, cooldown)
+      local c, s, b = first_eligible(P .. 'int:' .. ints[i], peer, cooldown, address, shadow)
       if b and (not blocked or b < blocked) then blocked = b end
       if c and (not best_seq or s < best_seq) then best, best_seq = c, s end
     end
     if not best and is_open then
-      local c, s, b = first_eligible(B .. ':open', peer, cooldown)
+      local c, s, b = first_eligible(P .. 'open', peer, cooldown, address, shadow)
       if b and (not blocked or b < blocked) then blocked = b end
       best = c
     end
@@ -156,14 +199,14 @@ if op == 'search' then
       -- Wait in the queue.
       local w = B .. ':w:' .. peer
       local fields = {'seq', seq, 'since', since, 'open', is_open and '1' or '0',
-        'worker', worker, 'n', n}
+        'worker', worker, 'a', address, 'p', pool, 'n', n}
       for i = 1, n do
         fields[#fields + 1] = 'i' .. i
         fields[#fields + 1] = ints[i]
-        redis.call('ZADD', B .. ':int:' .. ints[i], seq, peer)
+        redis.call('ZADD', P .. 'int:' .. ints[i], seq, peer)
       end
       redis.call('HSET', w, unpack(fields))
-      if is_open then redis.call('ZADD', B .. ':open', seq, peer) end
+      if is_open then redis.call('ZADD', P .. 'open', seq, peer) end
       redis.call('SADD', B .. ':ww:' .. worker, peer)
       local wake = -1
       if not is_open then wake = since + timeout - now end
@@ -183,14 +226,16 @@ if op == 'search' then
     local pw = h.worker
     local delivered = 1
     if pw ~= worker then
-      local rec = 'M ' .. id_of(best) .. ' ' .. peer .. ' ' .. (now - tonumber(h.since))
+      local rec = 'M ' .. id_of(best) .. ' ' .. peer .. ' ' .. (now - tonumber(h.since)) .. ' '
+        .. address
       for i = 1, #common do rec = rec .. '\n' .. common[i] end
       delivered = redis.call('PUBLISH', CH .. pw, frame(rec))
     end
     if delivered > 0 then
       redis.call('HSET', B .. ':pairs:' .. worker, peer, best)
       redis.call('HSET', B .. ':pairs:' .. pw, best, peer)
-      local reply = {'matched', best, tostring(now - since), tostring(now - tonumber(h.since))}
+      local reply = {'matched', best, tostring(now - since), tostring(now - tonumber(h.since)),
+        h.a or ''}
       for i = 1, #common do reply[#reply + 1] = common[i] end
       return reply
     end
@@ -213,11 +258,71 @@ elseif op == 'part' then
   end
   return 1
 elseif op == 'token' then
-  -- ARGV: op, B, CH, token, peer. A day at most: a token whose removal was lost (the link
-  -- was down) does not stay for ever; live ones are registered again when the link comes up.
+  -- ARGV: op, B, CH, token, peer, address, its connections on this worker. A day at most: a
+  -- token whose removal was lost (the link was down) does not stay for ever; live ones are
+  -- registered again when the link comes up. Returns the address's connections on every live
+  -- worker.
+  local worker, address = worker_of(ARGV[5]), ARGV[6]
   redis.call('SET', B .. ':t:' .. ARGV[4], ARGV[5], 'EX', 86400)
-  redis.call('SADD', B .. ':tw:' .. worker_of(ARGV[5]), ARGV[4])
+  redis.call('SADD', B .. ':tw:' .. worker, ARGV[4])
+  if address == '' then return 1 end
+  local ac = B .. ':ac:' .. address
+  redis.call('HSET', ac, worker, ARGV[7])
+  redis.call('EXPIRE', ac, 86400)
+  local total = 0
+  local all = redis.call('HGETALL', ac)
+  for i = 1, #all, 2 do
+    if all[i] == worker or is_alive(all[i]) then
+      total = total + tonumber(all[i + 1])
+    else
+      redis.call('HDEL', ac, all[i])
+    end
+  end
+  return total
+elseif op == 'count' then
+  -- ARGV: op, B, CH, worker, address, its connections on this worker now
+  local ac = B .. ':ac:' .. ARGV[5]
+  if tonumber(ARGV[6]) > 0 then
+    redis.call('HSET', ac, ARGV[4], ARGV[6])
+  else
+    redis.call('HDEL', ac, ARGV[4])
+  end
   return 1
+elseif op == 'report' then
+  -- ARGV: op, B, CH, target, reporter, threshold, window_ms, ban_ms. Returns the distinct
+  -- reporters if this report shadow-banned the target, else 0.
+  local target, reporter = ARGV[4], ARGV[5]
+  local threshold, window, ban = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+  if target == reporter or is_banned(target) then return 0 end
+  local rk = B .. ':rep:' .. target
+  redis.call('ZREMRANGEBYSCORE', rk, '-inf', now - window)
+  redis.call('ZADD', rk, now, reporter)
+  redis.call('PEXPIRE', rk, window)
+  local n = redis.call('ZCARD', rk)
+  if n < threshold then return 0 end
+  redis.call('DEL', rk)
+  redis.call('SET', B .. ':ban:' .. target, n, 'PX', ban)
+  return n
+elseif op == 'block' then
+  -- ARGV: op, B, CH, address, address, ms
+  redis.call('SET', B .. ':blk:' .. pair_key(ARGV[4], ARGV[5]), 1, 'PX', tonumber(ARGV[6]))
+  return 1
+elseif op == 'pardon' then
+  -- ARGV: op, B, CH, short hashes (8 hex digits each): their shadow bans and reports go.
+  local lifted = 0
+  for i = 4, #ARGV do
+    if string.match(ARGV[i], '^%x%x%x%x%x%x%x%x$') then
+      for _, kind in ipairs({':ban:', ':rep:'}) do
+        local cursor = '0'
+        repeat
+          local r = redis.call('SCAN', cursor, 'MATCH', B .. kind .. ARGV[i] .. '*', 'COUNT', 1000)
+          cursor = r[1]
+          for _, key in ipairs(r[2]) do lifted = lifted + redis.call('DEL', key) end
+        until cursor == '0'
+      end
+    end
+  end
+  return lifted
 elseif op == 'untoken' then
   -- ARGV: op, B, CH, token, peer
   if redis.call('GET', B .. ':t:' .. ARGV[4]) == ARGV[5] then
@@ -228,10 +333,11 @@ elseif op == 'untoken' then
 elseif op == 'park' then
   -- ARGV: op, B, CH, peer. Out of the indexes; the hash (seq, since) stays for a resume.
   local peer = ARGV[4]
+  local pool = B .. ':' .. (redis.call('HGET', B .. ':w:' .. peer, 'p') or '')
   local h = redis.call('HGETALL', B .. ':w:' .. peer)
-  redis.call('ZREM', B .. ':open', peer)
+  redis.call('ZREM', pool .. 'open', peer)
   for i = 1, #h, 2 do
-    if string.match(h[i], '^i%d+$') then redis.call('ZREM', B .. ':int:' .. h[i + 1], peer) end
+    if string.match(h[i], '^i%d+$') then redis.call('ZREM', pool .. 'int:' .. h[i + 1], peer) end
   end
   return 1
 elseif op == 'resume' then

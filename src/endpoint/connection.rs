@@ -3,15 +3,18 @@
 //!
 //! An idle WebSocket is what a roulette holds most of (people reading, people waiting), so it
 //! costs as little as it can: the transport, a state tag with a 16-byte session, one deadline
-//! and its timer mark, a generation and a compact address, and one pointer that is null while
-//! nothing is buffered. About 80 bytes; the buffers live in a box that exists only while bytes
+//! and its timer mark, a generation and its client's address hash, and one pointer that is null
+//! while nothing is buffered. 88 bytes; the buffers live in a box that exists only while bytes
 //! wait in either direction, and the endpoint recycles those boxes.
+//!
+//! No raw client address outlives the HTTP state: `Http` holds the TCP peer's address (which
+//! `trusted_proxies` judges on every request), and the upgrade drops it, leaving only the hash.
 //!
 //! Owns: the state enum and its transitions (`upgrade`, `start_closing`), the buffer box.
 //! May not touch: sockets (the transport is a type parameter it never calls), the clock.
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr};
 
-use crate::ws::Session;
+use crate::{safety::AddrHash, ws::Session};
 
 /// No deadline, or no live timer entry.
 pub(super) const NEVER: u64 = u64::MAX;
@@ -21,7 +24,10 @@ pub(super) const NEVER: u64 = u64::MAX;
 #[derive(Debug)]
 pub(super) enum ConnState {
     /// Reading request heads (keep-alive, pipelined).
-    Http,
+    Http {
+        /// The TCP peer: the client, or a proxy that may name the client per request.
+        peer: PeerIp,
+    },
     /// An open WebSocket.
     WebSocket(Session),
     /// The last bytes (an error response, a close frame) are being flushed; then the write
@@ -70,35 +76,23 @@ impl Spares {
     }
 }
 
-/// A peer's address in 18 bytes instead of `SocketAddr`'s 32: IPv4 kept as IPv4-mapped IPv6.
+/// A TCP peer's IP address in 16 bytes instead of `IpAddr`'s 17: IPv4 kept as IPv4-mapped IPv6.
+/// No port: nothing needs it, and the address itself is only asked whom to believe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct PeerAddr {
-    ip: [u8; 16],
-    port: u16,
-}
+pub(super) struct PeerIp([u8; 16]);
 
-impl PeerAddr {
-    pub(super) fn new(addr: SocketAddr) -> PeerAddr {
-        let ip = match addr.ip() {
+impl PeerIp {
+    pub(super) fn new(ip: IpAddr) -> PeerIp {
+        let v6 = match ip {
             IpAddr::V4(v4) => v4.to_ipv6_mapped(),
             IpAddr::V6(v6) => v6,
         };
-        PeerAddr { ip: ip.octets(), port: addr.port() }
+        PeerIp(v6.octets())
     }
 
     /// The address, IPv4-mapped addresses (from a dual-stack listener too) shown as IPv4.
     pub(super) fn ip(self) -> IpAddr {
-        Ipv6Addr::from(self.ip).to_canonical()
-    }
-
-    pub(super) fn socket_addr(self) -> SocketAddr {
-        SocketAddr::new(self.ip(), self.port)
-    }
-}
-
-impl std::fmt::Display for PeerAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.socket_addr().fmt(f)
+        Ipv6Addr::from(self.0).to_canonical()
     }
 }
 
@@ -128,22 +122,31 @@ pub(super) struct Connection<S> {
     pub(super) bufs: Option<Box<Buffers>>,
     /// Distinguishes successive occupants of the same slot (see `PeerId`).
     pub(super) generation: u32,
-    pub(super) addr: PeerAddr,
+    /// Who the connection is, for the log and the per-address count: the TCP peer's hash from
+    /// the accept, the real client's (after `trusted_proxies`) from the upgrade on.
+    pub(super) client: AddrHash,
     /// In the endpoint's dirty list (output to flush this turn).
     pub(super) dirty: bool,
 }
 
 impl<S> Connection<S> {
-    pub(super) fn new(transport: S, addr: SocketAddr, generation: u32, deadline: u64) -> Self {
+    /// A connection from `peer`, whose hash is `client`, reading its first request head.
+    pub(super) fn new(
+        transport: S,
+        peer: IpAddr,
+        client: AddrHash,
+        generation: u32,
+        deadline: u64,
+    ) -> Self {
         Connection {
             transport,
             deadline,
             armed: NEVER,
             superseded: NEVER,
-            state: ConnState::Http,
+            state: ConnState::Http { peer: PeerIp::new(peer) },
             bufs: None,
             generation,
-            addr: PeerAddr::new(addr),
+            client,
             dirty: false,
         }
     }
@@ -229,14 +232,16 @@ impl<S> Connection<S> {
                 self.state = ConnState::Closing { shut, peer_done };
                 None
             }
-            ConnState::Http => None,
+            ConnState::Http { .. } => None,
         }
     }
 
-    /// `Http` -> `WebSocket`.
-    pub(super) fn upgrade(&mut self, session: Session, idle_until: u64) {
-        debug_assert!(matches!(self.state, ConnState::Http));
+    /// `Http` -> `WebSocket` of the client whose hash is `client`: the TCP peer's address
+    /// goes with the HTTP state.
+    pub(super) fn upgrade(&mut self, session: Session, client: AddrHash, idle_until: u64) {
+        debug_assert!(matches!(self.state, ConnState::Http { .. }));
         self.state = ConnState::WebSocket(session);
+        self.client = client;
         self.deadline = idle_until;
     }
 }
@@ -250,24 +255,37 @@ mod tests {
         // The transport of the real loop is a socket and a readiness flag: 8 bytes.
         let size = std::mem::size_of::<Connection<(i32, bool)>>();
         assert!(size <= 88, "Connection is {size} bytes");
+        // A state tag and the larger of the session and the TCP peer's address.
+        assert!(std::mem::size_of::<ConnState>() <= 24);
         assert_eq!(std::mem::size_of::<Session>(), 16);
     }
 
     #[test]
     fn addresses_keep_ipv4_as_ipv4() {
-        let v4: SocketAddr = "192.0.2.1:80".parse().unwrap();
-        let v6: SocketAddr = "[2001:db8::1]:443".parse().unwrap();
-        let mapped: SocketAddr = "[::ffff:192.0.2.1]:80".parse().unwrap();
-        assert_eq!(PeerAddr::new(v4).socket_addr(), v4);
-        assert_eq!(PeerAddr::new(v6).socket_addr(), v6);
-        assert_eq!(PeerAddr::new(mapped).socket_addr(), v4);
-        assert_eq!(PeerAddr::new(mapped).to_string(), "192.0.2.1:80");
+        let v4: IpAddr = "192.0.2.1".parse().unwrap();
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(PeerIp::new(v4).ip(), v4);
+        assert_eq!(PeerIp::new(v6).ip(), v6);
+        assert_eq!(PeerIp::new(mapped).ip(), v4);
+    }
+
+    #[test]
+    fn the_upgrade_drops_the_peer_address() {
+        let peer: IpAddr = "192.0.2.1".parse().unwrap();
+        let (proxy, client) = (AddrHash::from_bytes([1; 16]), AddrHash::from_bytes([2; 16]));
+        let mut c = Connection::new((), peer, proxy, 0, NEVER);
+        assert!(matches!(c.state, ConnState::Http { peer: p } if p.ip() == peer));
+        c.upgrade(Session::new(100), client, NEVER);
+        assert!(c.is_websocket());
+        assert_eq!(c.client, client);
     }
 
     #[test]
     fn buffers_come_and_go() {
         let mut spares = Spares::default();
-        let mut c = Connection::new((), "127.0.0.1:1".parse().unwrap(), 0, NEVER);
+        let hash = AddrHash::from_bytes([0; 16]);
+        let mut c = Connection::new((), "127.0.0.1".parse().unwrap(), hash, 0, NEVER);
         assert!(!c.has_buffers());
         c.output(&mut spares).extend_from_slice(b"hello");
         assert_eq!(c.pending_output(), 5);

@@ -189,6 +189,8 @@ enum Effect {
     Close(PeerId, Close),
     /// The peer's FIN, for the connection in (slot, generation).
     Eof(usize, u32),
+    /// A shadow ban to log: who (its hash), how many reports, for how long.
+    Banned(crate::safety::AddrHash, usize, Duration),
 }
 
 impl From<Action> for Effect {
@@ -197,6 +199,9 @@ impl From<Action> for Effect {
             Action::Send { to, message } => Effect::Send(to, message),
             Action::Broadcast { text } => Effect::Broadcast(text),
             Action::Close { peer, code, reason } => Effect::Close(peer, Close::Code(code, reason)),
+            Action::Banned { client, reports, duration } => {
+                Effect::Banned(client, reports, duration)
+            }
         }
     }
 }
@@ -386,15 +391,20 @@ impl<A: App, S: Transport> Endpoint<A, S> {
             // Best effort: a fresh socket has room for this small answer.
             let _ = transport.send(&out);
             self.stats.refused_full += 1;
-            debug!(self.log, "refused: server full"; "peer" => %addr);
+            let client = self.settings.address_key.hash(addr.ip());
+            debug!(self.log, "refused: server full"; "client" => client.short());
             return None;
         }
         let generation = self.next_generation;
         self.next_generation = (self.next_generation + 1) & 0xff_ffff;
         let deadline = self.deadline(now, self.settings.handshake_timeout);
-        let slot = self.conns.insert(Connection::new(transport, addr, generation, deadline));
+        // Hashed once: the log names the connection by it until the upgrade names the client
+        // (a proxy's, if the peer is one), and the raw address goes with the HTTP state.
+        let client = self.settings.address_key.hash(addr.ip());
+        let conn = Connection::new(transport, addr.ip(), client, generation, deadline);
+        let slot = self.conns.insert(conn);
         self.stats.accepted += 1;
-        debug!(self.log, "accepted"; "conn" => slot, "peer" => %self.conns[slot].addr);
+        debug!(self.log, "accepted"; "conn" => slot, "client" => client.short());
         self.arm(slot);
         Some(slot)
     }
@@ -415,7 +425,7 @@ impl<A: App, S: Transport> Endpoint<A, S> {
                 session.handle_activity();
                 conn.deadline = idle;
             }
-            ConnState::Http => {}
+            ConnState::Http { .. } => {}
         }
         let id = PeerId::new(self.worker, conn.generation, slot as u32);
         let mut cx = Cx {
@@ -479,7 +489,7 @@ impl<A: App, S: Transport> Endpoint<A, S> {
         let id = PeerId::new(self.worker, conn.generation, slot as u32);
         let was_ws = conn.start_closing(linger, true).is_some();
         mark_dirty(&mut self.dirty, conn, slot);
-        let client = conn.addr.socket_addr().ip();
+        let client = conn.client;
         if was_ws {
             // The stream ended without a close frame.
             self.websocket_ended(now, id, true, client);
@@ -570,6 +580,11 @@ impl<A: App, S: Transport> Endpoint<A, S> {
                     }
                     Effect::Close(peer, close) => self.close_websocket(now, peer, close),
                     Effect::Eof(slot, generation) => self.on_eof(now, slot, generation),
+                    Effect::Banned(client, reports, duration) => {
+                        slog::info!(self.log, "shadow ban";
+                            "client" => client.short(), "reports" => reports,
+                            "for_secs" => duration.as_secs());
+                    }
                 }
             }
         }
@@ -638,8 +653,8 @@ impl<A: App, S: Transport> Endpoint<A, S> {
                         self.effects.push_back(Effect::Close(id, close));
                     }
                 }
-                ConnState::Http if idle => self.remove(now, slot, DropReason::Closed),
-                ConnState::Http => {
+                ConnState::Http { .. } if idle => self.remove(now, slot, DropReason::Closed),
+                ConnState::Http { .. } => {
                     conn.start_closing(linger, false);
                     self.arm(slot);
                 }
@@ -667,16 +682,9 @@ impl<A: App, S: Transport> Endpoint<A, S> {
             }
         }
         self.app.reconfigure(app);
-        if settings.address_key != self.settings.address_key {
-            // Another key: count the open WebSockets again under the new hashes.
-            self.per_address.clear();
-            for (_, conn) in self.conns.iter() {
-                if conn.is_websocket() {
-                    let hash = settings.address_key.hash(conn.addr.socket_addr().ip());
-                    *self.per_address.entry(hash).or_insert(0) += 1;
-                }
-            }
-        }
+        // Another address key changes no open connection: each keeps the hash it was counted
+        // under (the application was given that one too) until it ends, for its address is
+        // no longer known. Only new connections count under the new key.
         self.settings = settings;
         self.site = site;
         self.stats.reloads_ok += 1;
@@ -754,9 +762,9 @@ impl<A: App, S: Transport> Endpoint<A, S> {
         let id = PeerId::new(self.worker, conn.generation, slot as u32);
         let partial = conn.has_partial_input();
         match &mut conn.state {
-            ConnState::Http if !partial => self.remove(now, slot, DropReason::Timeout),
-            ConnState::Http => {
-                debug!(self.log, "request timeout"; "conn" => slot, "peer" => %conn.addr);
+            ConnState::Http { .. } if !partial => self.remove(now, slot, DropReason::Timeout),
+            ConnState::Http { .. } => {
+                debug!(self.log, "request timeout"; "conn" => slot, "client" => conn.client.short());
                 let out = conn.output(&mut self.spares);
                 http::write_error(out, &self.date, Status::RequestTimeout, "", false, false);
                 conn.start_closing(linger, false);
@@ -773,7 +781,7 @@ impl<A: App, S: Transport> Endpoint<A, S> {
                         }
                     }
                     IdleOutcome::TimedOut => {
-                        debug!(self.log, "idle timeout"; "conn" => slot, "peer" => %conn.addr);
+                        debug!(self.log, "idle timeout"; "conn" => slot, "client" => conn.client.short());
                         session.start_closing();
                         // The close effect, applied this turn, sets the linger deadline.
                         conn.deadline = NEVER;
@@ -796,7 +804,7 @@ impl<A: App, S: Transport> Endpoint<A, S> {
             let dropped = close == Close::Code(close_code::GOING_AWAY, close_reason::IDLE_TIMEOUT);
             session.finish(close, conn.output(&mut self.spares));
             mark_dirty(&mut self.dirty, conn, slot);
-            let client = conn.addr.socket_addr().ip();
+            let client = conn.client;
             self.websocket_ended(now, peer, dropped, client);
         }
         self.arm(slot);
@@ -805,14 +813,14 @@ impl<A: App, S: Transport> Endpoint<A, S> {
     /// A WebSocket ended (closed by either side, failed, timed out): count it and tell the
     /// application, once, whether it was `dropped` (no close handshake). Its answers join the
     /// effects.
-    /// `client` is the WebSocket's client address (it counted against it from the upgrade).
-    fn websocket_ended(&mut self, now: Instant, id: PeerId, dropped: bool, client: IpAddr) {
+    /// `client` is the WebSocket's client address hash (it counted against it from the
+    /// upgrade).
+    fn websocket_ended(&mut self, now: Instant, id: PeerId, dropped: bool, client: AddrHash) {
         self.stats.websockets_closed += 1;
-        let hash = self.settings.address_key.hash(client);
-        if let Some(n) = self.per_address.get_mut(&hash) {
+        if let Some(n) = self.per_address.get_mut(&client) {
             *n -= 1;
             if *n == 0 {
-                self.per_address.remove(&hash);
+                self.per_address.remove(&client);
             }
         }
         self.app.handle_event(now, id, Event::Closed { dropped }, &mut self.actions);
@@ -822,7 +830,7 @@ impl<A: App, S: Transport> Endpoint<A, S> {
     /// Removes a connection at once; its transport is dropped.
     fn remove(&mut self, now: Instant, slot: usize, reason: DropReason) {
         let Some(mut conn) = self.conns.try_remove(slot) else { return };
-        debug!(self.log, "closed"; "conn" => slot, "peer" => %conn.addr, "reason" => ?reason);
+        debug!(self.log, "closed"; "conn" => slot, "client" => conn.client.short(), "reason" => ?reason);
         if conn.dirty {
             // A later occupant of the slot must not inherit the entry (the list is this
             // turn's output: short).
@@ -833,7 +841,7 @@ impl<A: App, S: Transport> Endpoint<A, S> {
             // Still open: whatever ended it (reset, error, end of stream, a slow reader), no
             // close frame did.
             let id = PeerId::new(self.worker, conn.generation, slot as u32);
-            self.websocket_ended(now, id, true, conn.addr.socket_addr().ip());
+            self.websocket_ended(now, id, true, conn.client);
         }
     }
 
@@ -982,13 +990,14 @@ fn drive<A: App, S>(
     loop {
         match &mut conn.state {
             ConnState::Closing { .. } => return input.len(),
-            ConnState::Http => match http::parse(&input[pos..]) {
+            ConnState::Http { peer } => match http::parse(&input[pos..]) {
                 Ok(None) => return pos,
                 Ok(Some((n, req))) => {
                     pos += n;
+                    let peer = peer.ip();
                     // The client: behind a trusted proxy, the one its X-Forwarded-For names.
                     let client = http::client_ip(
-                        conn.addr.ip(),
+                        peer,
                         req.header_all("x-forwarded-for").map(str::as_bytes),
                         &cx.settings.trusted_proxies,
                     );
@@ -1006,16 +1015,28 @@ fn drive<A: App, S>(
                         per_address: cx.per_address,
                     };
                     let next = routes::respond(&route, &req, client, conn.output(cx.spares));
+                    // This request's client, for a refusal's log line: the connection's own
+                    // hash unless a proxy named another client.
+                    let settings = cx.settings;
+                    let hash = || {
+                        if client == peer {
+                            conn.client
+                        } else {
+                            settings.address_key.hash(client)
+                        }
+                    };
                     match next {
                         Next::KeepAlive { why } => {
                             if let Some(why) = why {
-                                debug!(cx.log, "{}", why; "conn" => slot, "peer" => %client);
+                                let client = hash().short();
+                                debug!(cx.log, "{}", why; "conn" => slot, "client" => client);
                             }
                             conn.deadline = cx.deadline(cx.settings.handshake_timeout);
                         }
                         Next::Close { why } => {
                             if let Some(why) = why {
-                                debug!(cx.log, "{}", why; "conn" => slot, "peer" => %client);
+                                let client = hash().short();
+                                debug!(cx.log, "{}", why; "conn" => slot, "client" => client);
                             }
                             conn.start_closing(cx.deadline(CLOSE_LINGER), false);
                             return input.len();
@@ -1025,29 +1046,25 @@ fn drive<A: App, S>(
                                 Refusal::Banned => cx.stats.refused_banned += 1,
                                 Refusal::TooMany => cx.stats.refused_per_address += 1,
                             }
-                            let hash = cx.settings.address_key.hash(client);
-                            debug!(cx.log, "websocket refused"; "conn" => slot, "client" => hash.short(), "why" => ?why);
+                            let client = hash().short();
+                            debug!(cx.log, "websocket refused"; "conn" => slot, "client" => client, "why" => ?why);
                             conn.start_closing(cx.deadline(CLOSE_LINGER), false);
                             return input.len();
                         }
                         Next::Upgrade { client: hash } => {
-                            // Counted until the WebSocket ends (by its address, hashed again).
+                            // Counted under this hash until the WebSocket ends.
                             *cx.per_address.entry(hash).or_insert(0) += 1;
                             let session = Session::new(cx.settings.max_message_bytes);
-                            conn.upgrade(session, cx.deadline(cx.settings.idle_timeout));
-                            // From here on the connection is known by its client's address.
-                            conn.addr = connection::PeerAddr::new(SocketAddr::new(
-                                client,
-                                conn.addr.socket_addr().port(),
-                            ));
+                            // From here on the connection is known by its client's hash alone.
+                            conn.upgrade(session, hash, cx.deadline(cx.settings.idle_timeout));
                             cx.stats.websockets_opened += 1;
-                            debug!(cx.log, "websocket open"; "conn" => slot, "peer" => %client, "peer_id" => %id);
+                            debug!(cx.log, "websocket open"; "conn" => slot, "client" => hash.short(), "peer_id" => %id);
                             cx.tell(id, Event::Open { client: hash });
                         }
                     }
                 }
                 Err(e) => {
-                    debug!(cx.log, "bad request"; "conn" => slot, "peer" => %conn.addr, "error" => %e);
+                    debug!(cx.log, "bad request"; "conn" => slot, "client" => conn.client.short(), "error" => %e);
                     http::write_error(
                         conn.output(cx.spares),
                         cx.date,
@@ -1083,7 +1100,7 @@ fn drive<A: App, S>(
                         }
                     }
                     Err(e) => {
-                        debug!(cx.log, "websocket protocol error"; "conn" => slot, "peer" => %conn.addr, "error" => %e);
+                        debug!(cx.log, "websocket protocol error"; "conn" => slot, "client" => conn.client.short(), "error" => %e);
                         Close::Code(e.close_code(), e.reason())
                     }
                 };

@@ -856,6 +856,143 @@ fn full_endpoint_refuses_with_503() {
     assert_eq!(d.ep.len(), 2);
 }
 
+/// A drain that keeps every record as one line, `MESSAGE key: value ...`, as the text log
+/// writes it.
+struct Capture(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+struct CaptureLine<'a>(&'a mut String);
+
+impl slog::Serializer for CaptureLine<'_> {
+    fn emit_arguments(&mut self, key: slog::Key, val: &std::fmt::Arguments<'_>) -> slog::Result {
+        use std::fmt::Write;
+        let _ = write!(self.0, " {key}: {val}");
+        Ok(())
+    }
+}
+
+impl slog::Drain for Capture {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(
+        &self,
+        record: &slog::Record<'_>,
+        values: &slog::OwnedKVList,
+    ) -> Result<(), slog::Never> {
+        use slog::KV;
+        let mut line = record.msg().to_string();
+        let _ = record.kv().serialize(record, &mut CaptureLine(&mut line));
+        let _ = values.serialize(record, &mut CaptureLine(&mut line));
+        self.0.lock().unwrap().push(line);
+        Ok(())
+    }
+}
+
+/// Gives the endpoint a logger whose lines the test reads.
+fn capture_log(d: &mut Driver) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    let lines = std::sync::Arc::default();
+    d.ep.log = slog::Logger::root(Capture(std::sync::Arc::clone(&lines)), o!());
+    lines
+}
+
+/// Issue 13: chatd never logs a client's address; every per-connection line names the
+/// client by the short form of its hash, through every path that logs one.
+#[test]
+fn no_log_line_names_a_client_address() {
+    let forwarded: IpAddr = "198.51.100.7".parse().unwrap();
+    let settings = Settings {
+        max_connections: 4,
+        trusted_proxies: vec![http::Cidr::new(LOCAL, 32).unwrap()],
+        ..test_settings()
+    };
+    let (idle, ping) = (settings.idle_timeout, settings.ping_timeout);
+    let timeout = settings.handshake_timeout;
+    let mut d = Driver::with(settings);
+    let lines = capture_log(&mut d);
+    // A bad request head, then a slow one.
+    let bad = d.connect_from(FOREIGN).unwrap();
+    d.input(&bad, b"GET / HTTP/1.1\r\nHost chat.test\r\n\r\n");
+    d.drive();
+    d.eof(&bad);
+    let slow = d.connect_from(FOREIGN).unwrap();
+    d.input(&slow, b"GET / HTTP/1.1\r\nHost: chat");
+    d.advance(timeout);
+    d.eof(&slow);
+    d.drive();
+    // A WebSocket that breaks the protocol (an unmasked frame), one that falls silent.
+    let rude = d.connect_from(FOREIGN).unwrap();
+    d.input(&rude, UPGRADE.as_bytes());
+    d.drive();
+    let mut unmasked = Vec::new();
+    ws::encode_frame(&mut unmasked, OpCode::Text, b"hi");
+    d.input(&rude, &unmasked);
+    d.drive();
+    d.eof(&rude);
+    let quiet = d.connect_from(FOREIGN).unwrap();
+    d.input(&quiet, UPGRADE.as_bytes());
+    d.advance(idle);
+    d.advance(ping);
+    d.eof(&quiet);
+    d.drive();
+    // A request a trusted proxy forwards, refused for that client.
+    let proxy = d.connect();
+    let refused =
+        "GET /metrics HTTP/1.1\r\nHost: chat.test\r\nX-Forwarded-For: 198.51.100.7\r\n\r\n";
+    d.input(&proxy, refused.as_bytes());
+    d.drive();
+    assert_eq!(statuses(&d.responses(&proxy)), [403]);
+    // Full.
+    while d.connect_from(FOREIGN).is_ok() {}
+    let lines = lines.lock().unwrap().clone();
+    let all = lines.join("\n");
+    let key = &d.ep.settings.address_key;
+    let (mine, theirs) = (key.hash(FOREIGN).short(), key.hash(forwarded).short());
+    let proxied = key.hash(LOCAL).short();
+    // (slog hands a record's pairs over last first: the line's order is not the call's.)
+    let has = |message: &str, client: &str| {
+        lines.iter().any(|l| l.starts_with(message) && l.contains(&format!(" client: {client}")))
+    };
+    for message in ["accepted", "bad request", "request timeout", "websocket open"] {
+        assert!(has(message, &mine), "no {message:?} line for {mine}:\n{all}");
+    }
+    for message in ["websocket protocol error", "idle timeout", "closed", "refused: server full"] {
+        assert!(has(message, &mine), "no {message:?} line for {mine}:\n{all}");
+    }
+    // The proxy's connection is the proxy's; the refused request, its client's.
+    assert!(has("accepted", &proxied) && has("metrics refused", &theirs), "{all}");
+    for line in &lines {
+        let client = line.split(" client: ").nth(1).map(|v| &v[..v.find(' ').unwrap_or(v.len())]);
+        let is_short_hash = |c: &str| c.len() == 8 && c.bytes().all(|b| b.is_ascii_hexdigit());
+        assert!(client.is_some_and(is_short_hash), "a line without a client hash: {line}");
+    }
+    for raw in ["192.0.2.1", "198.51.100.7", "127.0.0.1", "peer:"] {
+        assert!(!all.contains(raw), "{raw:?} in the log:\n{all}");
+    }
+}
+
+/// The per-address count survives a new address key: each open WebSocket is counted under
+/// the hash it opened with, and uncounted under it.
+#[test]
+fn a_new_address_key_keeps_the_per_address_count_balanced() {
+    let mut d = Driver::with(Settings { max_connections_per_address: 2, ..test_settings() });
+    let a = d.upgrade();
+    let b = d.upgrade();
+    let old = d.ep.settings.address_key.hash(LOCAL);
+    assert_eq!(d.ep.per_address.get(&old), Some(&2));
+    let renewed = Settings { address_key: AddressKey::random(), ..d.ep.settings.clone() };
+    d.reconfigure(renewed, 0);
+    let c = d.upgrade();
+    let new = d.ep.settings.address_key.hash(LOCAL);
+    assert_eq!(d.ep.per_address.get(&new), Some(&1));
+    for x in [&a, &b, &c] {
+        d.input(x, &close_frame(1000, ""));
+        d.drive();
+        d.eof(x);
+        d.drive();
+    }
+    assert!(d.ep.per_address.is_empty(), "{:?}", d.ep.per_address);
+}
+
 #[test]
 fn healthz_then_503_while_stopping() {
     let mut d = Driver::new();

@@ -46,7 +46,7 @@ use std::{
 };
 
 use super::protocol::Interests;
-use crate::app::PeerId;
+use crate::{app::PeerId, safety::AddrHash};
 
 /// Most partings remembered for the cooldown at once; past this the oldest are forgotten early
 /// (their pair could then meet again before the cooldown ends). At the default 10 s cooldown this
@@ -83,6 +83,24 @@ struct Waiter {
     blocked_since: Option<Instant>,
     /// The instant under which this waiter sits in `timers`, if any.
     wake: Option<Instant>,
+    /// Who is searching, for blocks and the shadow pool.
+    who: Searcher,
+}
+
+/// Who a searcher is, as far as matching goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Searcher {
+    /// The client's address hash: two addresses that blocked each other are never paired.
+    pub client: AddrHash,
+    /// Shadow-banned: matched only with other shadow-banned people.
+    pub shadow: bool,
+}
+
+/// One pool of waiters: everyone, or the shadow-banned. Nobody is ever paired across pools.
+#[derive(Debug, Default)]
+struct Pool {
+    open: BTreeMap<u64, PeerId>,
+    by_interest: HashMap<Box<str>, BTreeMap<u64, PeerId>>,
 }
 
 /// A searcher's place in the queue, held while its connection is away.
@@ -96,11 +114,13 @@ pub struct Matchmaker {
     rematch_cooldown: Duration,
     next_seq: u64,
     waiters: HashMap<PeerId, Waiter>,
-    open: BTreeMap<u64, PeerId>,
-    by_interest: HashMap<Box<str>, BTreeMap<u64, PeerId>>,
+    /// `[everyone, shadow-banned]`.
+    pools: [Pool; 2],
     timers: BTreeSet<(Instant, u64, PeerId)>,
     parted: HashMap<(PeerId, PeerId), Instant>,
     partings: VecDeque<(Instant, (PeerId, PeerId))>,
+    /// Address pairs (smaller first) kept apart by a block, until when.
+    apart: HashMap<(AddrHash, AddrHash), Instant>,
 }
 
 impl Matchmaker {
@@ -111,11 +131,11 @@ impl Matchmaker {
             rematch_cooldown,
             next_seq: 0,
             waiters: HashMap::new(),
-            open: BTreeMap::new(),
-            by_interest: HashMap::new(),
+            pools: Default::default(),
             timers: BTreeSet::new(),
             parted: HashMap::new(),
             partings: VecDeque::new(),
+            apart: HashMap::new(),
         }
     }
 
@@ -143,6 +163,17 @@ impl Matchmaker {
         peer: PeerId,
         interests: Interests,
     ) -> Option<Match> {
+        self.handle_search_as(now, peer, interests, Searcher::default())
+    }
+
+    /// [`handle_search`](Self::handle_search) for a searcher whose address and pool matter.
+    pub fn handle_search_as(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        interests: Interests,
+        who: Searcher,
+    ) -> Option<Match> {
         self.prune(now);
         let (seq, since) = match self.remove(peer) {
             Some(old) => (old.seq, old.since),
@@ -154,7 +185,7 @@ impl Matchmaker {
         };
         let is_open = interests.is_empty()
             || since.checked_add(self.interest_timeout).is_some_and(|deadline| now >= deadline);
-        let w = Waiter { seq, since, interests, is_open, blocked_since: None, wake: None };
+        let w = Waiter { seq, since, interests, is_open, blocked_since: None, wake: None, who };
         self.place(now, peer, w)
     }
 
@@ -180,6 +211,38 @@ impl Matchmaker {
         }
         w.blocked_since = None;
         self.place(now, peer, w)
+    }
+
+    /// Moves a waiting `peer` into the shadow pool (it was just shadow-banned), keeping its
+    /// place, and returns the match if a shadow-banned stranger is waiting.
+    pub fn shadow(&mut self, now: Instant, peer: PeerId) -> Option<Match> {
+        let mut w = self.remove(peer)?;
+        if w.who.shadow {
+            self.insert(peer, w);
+            return None;
+        }
+        w.who.shadow = true;
+        w.blocked_since = None;
+        self.place(now, peer, w)
+    }
+
+    /// Keeps the addresses `a` and `b` apart until `until` (a block). At most
+    /// [`MAX_REMEMBERED_PARTINGS`] pairs; past that, new blocks are not kept.
+    pub fn keep_apart(&mut self, a: AddrHash, b: AddrHash, until: Instant) {
+        let key = if a <= b { (a, b) } else { (b, a) };
+        if a != b && (self.apart.len() < MAX_REMEMBERED_PARTINGS || self.apart.contains_key(&key)) {
+            self.apart.insert(key, until);
+        }
+    }
+
+    /// Whether any block is kept.
+    pub fn has_blocks(&self) -> bool {
+        !self.apart.is_empty()
+    }
+
+    /// Forgets blocks that have ended (`O(blocks)`: the roulette calls it every few seconds).
+    pub fn forget_apart(&mut self, now: Instant) {
+        self.apart.retain(|_, &mut until| now < until);
     }
 
     /// Records that `a` and `b` just parted: they will not be paired again before
@@ -229,8 +292,7 @@ impl Matchmaker {
     /// Empties the queue (shutdown). Cooldown memory is kept.
     pub fn clear(&mut self) {
         self.waiters.clear();
-        self.open.clear();
-        self.by_interest.clear();
+        self.pools = Default::default();
         self.timers.clear();
     }
 
@@ -279,34 +341,46 @@ impl Matchmaker {
         w: &Waiter,
     ) -> (Option<PeerId>, Option<Instant>) {
         let mut blocked = None;
+        let pool = &self.pools[usize::from(w.who.shadow)];
         // A sharer is preferred over anyone else, however long that one has waited. Every
         // waiter in `by_interest[i]` accepts `peer`: they share `i`.
         let mut best: Option<(u64, PeerId)> = None;
         for i in w.interests.iter() {
-            let Some(queue) = self.by_interest.get(i) else { continue };
-            if let Some((seq, p)) = self.first_eligible(now, peer, queue, &mut blocked) {
+            let Some(queue) = pool.by_interest.get(i) else { continue };
+            if let Some((seq, p)) = self.first_eligible(now, peer, w.who, queue, &mut blocked) {
                 if best.is_none_or(|(b, _)| seq < b) {
                     best = Some((seq, p));
                 }
             }
         }
         if best.is_none() && w.is_open {
-            best = self.first_eligible(now, peer, &self.open, &mut blocked);
+            best = self.first_eligible(now, peer, w.who, &pool.open, &mut blocked);
         }
         (best.map(|(_, p)| p), blocked)
     }
 
-    /// The oldest entry of `queue` that is neither `peer` nor in cooldown with `peer`.
+    /// The oldest entry of `queue` that is neither `peer`, nor in cooldown with `peer`, nor
+    /// kept apart from `peer`'s address by a block. Blocks are not retried: they outlast any
+    /// wait, and the blocked pair's number is bounded by how often one person can chat.
     fn first_eligible(
         &self,
         now: Instant,
         peer: PeerId,
+        who: Searcher,
         queue: &BTreeMap<u64, PeerId>,
         blocked: &mut Option<Instant>,
     ) -> Option<(u64, PeerId)> {
         for (&seq, &p) in queue {
             if p == peer {
                 continue;
+            }
+            if !self.apart.is_empty() {
+                let other = self.waiters.get(&p).map_or(AddrHash::default(), |o| o.who.client);
+                let key =
+                    if who.client <= other { (who.client, other) } else { (other, who.client) };
+                if self.apart.get(&key).is_some_and(|&until| now < until) {
+                    continue;
+                }
             }
             if let Some(t) = self.parted_at(now, peer, p) {
                 *blocked = Some(blocked.map_or(t, |b: Instant| b.min(t)));
@@ -331,16 +405,17 @@ impl Matchmaker {
     }
 
     fn insert(&mut self, peer: PeerId, w: Waiter) {
+        let pool = &mut self.pools[usize::from(w.who.shadow)];
         if w.is_open {
-            self.open.insert(w.seq, peer);
+            pool.open.insert(w.seq, peer);
         }
         for i in w.interests.iter() {
-            match self.by_interest.get_mut(i) {
+            match pool.by_interest.get_mut(i) {
                 Some(queue) => {
                     queue.insert(w.seq, peer);
                 }
                 None => {
-                    self.by_interest.insert(i.into(), BTreeMap::from([(w.seq, peer)]));
+                    pool.by_interest.insert(i.into(), BTreeMap::from([(w.seq, peer)]));
                 }
             }
         }
@@ -352,13 +427,14 @@ impl Matchmaker {
 
     fn remove(&mut self, peer: PeerId) -> Option<Waiter> {
         let w = self.waiters.remove(&peer)?;
-        self.open.remove(&w.seq);
+        let pool = &mut self.pools[usize::from(w.who.shadow)];
+        pool.open.remove(&w.seq);
         for i in w.interests.iter() {
-            if let Some(queue) = self.by_interest.get_mut(i) {
+            if let Some(queue) = pool.by_interest.get_mut(i) {
                 queue.remove(&w.seq);
                 if queue.is_empty() {
                     // Keep the map as small as the set of interests people are waiting with.
-                    self.by_interest.remove(i);
+                    pool.by_interest.remove(i);
                 }
             }
         }
@@ -442,18 +518,20 @@ mod tests {
     fn check(mm: &Matchmaker) {
         let mut in_open = 0;
         for (peer, w) in &mm.waiters {
-            assert_eq!(mm.open.get(&w.seq) == Some(peer), w.is_open);
+            let pool = &mm.pools[usize::from(w.who.shadow)];
+            assert_eq!(pool.open.get(&w.seq) == Some(peer), w.is_open);
             in_open += usize::from(w.is_open);
             for i in w.interests.iter() {
-                assert_eq!(mm.by_interest[i].get(&w.seq), Some(peer));
+                assert_eq!(pool.by_interest[i].get(&w.seq), Some(peer));
             }
             if let Some(t) = w.wake {
                 assert!(mm.timers.contains(&(t, w.seq, *peer)));
             }
         }
-        assert_eq!(mm.open.len(), in_open);
-        assert!(mm.by_interest.values().all(|q| !q.is_empty()));
-        let indexed: usize = mm.by_interest.values().map(BTreeMap::len).sum();
+        assert_eq!(mm.pools.iter().map(|p| p.open.len()).sum::<usize>(), in_open);
+        let interest_queues = || mm.pools.iter().flat_map(|p| p.by_interest.values());
+        assert!(interest_queues().all(|q| !q.is_empty()));
+        let indexed: usize = interest_queues().map(BTreeMap::len).sum();
         let expected: usize = mm.waiters.values().map(|w| w.interests.len()).sum();
         assert_eq!(indexed, expected);
         assert_eq!(mm.timers.len(), mm.waiters.values().filter(|w| w.wake.is_some()).count());
@@ -671,7 +749,7 @@ mod tests {
         assert_eq!(mm.handle_search(c.at(0.0), p(1), int(&["music"])), None);
         assert!(mm.cancel(p(1)));
         assert!(!mm.cancel(p(1)));
-        assert!(mm.is_empty() && mm.by_interest.is_empty() && mm.timers.is_empty());
+        assert!(mm.is_empty() && mm.pools[0].by_interest.is_empty() && mm.timers.is_empty());
         assert_eq!(mm.poll_timeout(), None);
         assert_eq!(mm.handle_search(c.at(1.0), p(2), int(&["music"])), None);
         check(&mm);
@@ -836,7 +914,7 @@ mod tests {
             let m = mm.handle_search(c.at(1.0), p(n + i as u32), t.clone()).unwrap();
             assert_eq!(m.waiting, p(i as u32));
         }
-        assert!(mm.is_empty() && mm.by_interest.is_empty() && mm.timers.is_empty());
+        assert!(mm.is_empty() && mm.pools[0].by_interest.is_empty() && mm.timers.is_empty());
     }
 
     #[test]
@@ -942,5 +1020,43 @@ mod tests {
                 (0..40).map(|_| ((next() % 6) as u32, (next() % 4) as u32)).collect();
             run_schedule(steps, [0.25, 0.5, 1.0, 1.5][round % 4]);
         }
+    }
+
+    fn as_client(n: u8, shadow: bool) -> Searcher {
+        Searcher { client: AddrHash::from_bytes([n; 16]), shadow }
+    }
+
+    #[test]
+    fn the_shadow_pool_meets_only_itself() {
+        let (mut mm, t) = setup();
+        let (a, b) = (as_client(1, false), as_client(2, true));
+        assert_eq!(mm.handle_search_as(t.0, p(1), int(&[]), a), None);
+        assert_eq!(mm.handle_search_as(t.0, p(2), int(&[]), b), None, "banned meets no one else");
+        check(&mm);
+        let m = mm.handle_search_as(t.0, p(3), int(&[]), as_client(3, true));
+        assert_eq!(pair(&m), Some((p(2), p(3))));
+        // A waiter banned while it waits moves over, keeping its place.
+        assert_eq!(mm.handle_search_as(t.0, p(4), int(&[]), as_client(4, true)), None);
+        assert_eq!(pair(&mm.shadow(t.0, p(1))), Some((p(4), p(1))));
+        assert!(mm.is_empty());
+        check(&mm);
+    }
+
+    #[test]
+    fn blocked_addresses_are_stepped_over_until_the_block_ends() {
+        let (mut mm, t) = setup();
+        let (a, b, c) = (as_client(1, false), as_client(2, false), as_client(3, false));
+        let end = t.0 + Duration::from_secs(60);
+        mm.keep_apart(b.client, a.client, end);
+        assert_eq!(mm.handle_search_as(t.0, p(1), int(&[]), a), None);
+        // Another connection of the same blocked address is kept apart too.
+        assert_eq!(mm.handle_search_as(t.0, p(2), int(&["x"]), b), None);
+        assert_eq!(mm.handle_search_as(t.0, p(5), int(&[]), b), None);
+        check(&mm);
+        assert_eq!(pair(&mm.handle_search_as(t.0, p(3), int(&[]), c)), Some((p(1), p(3))));
+        mm.forget_apart(end);
+        assert_eq!(pair(&mm.handle_search_as(end, p(6), int(&[]), a)), Some((p(5), p(6))));
+        mm.forget_apart(end);
+        assert!(mm.apart.is_empty());
     }
 }

@@ -24,12 +24,19 @@
 //! | `chatd_resume_drops_total` | counter | dropped connections whose session waits for a resume |
 //! | `chatd_resumes_total` | counter | sessions resumed by a new connection |
 //! | `chatd_resume_expiries_total` | counter | sessions whose resume window passed |
+//! | `chatd_reports_total{reason}` | counter | `report`s accepted, by reason (spam detections count as `spam`) |
+//! | `chatd_shadow_bans_total` | counter | addresses shadow-banned here (by reports or spam) |
+//! | `chatd_blocks_total` | counter | `block`s accepted |
+//! | `chatd_spam_detections_total` | counter | lines found sent to `spam_partners` strangers |
+//!
+//! Proof-of-work failures are `chatd_errors_total{code="pow_required"}` and `{code="pow_invalid"}`.
 //!
 //! Owns: the roulette's counters. May not touch: formatting rules (those are `crate::metrics`).
 use std::time::Duration;
 
 use super::{protocol::ErrorCode, RouletteStats};
 use crate::metrics::{counter, gauge, header, sample, Seconds};
+use crate::safety::Reason;
 
 /// Upper bounds of the `chatd_match_wait_seconds` buckets, with their `le` label as written.
 /// Inclusive (`wait <= bound`), as Prometheus defines `le`; `+Inf` is implied.
@@ -110,6 +117,14 @@ pub struct RouletteCounters {
     pub resumes: u64,
     /// Sessions whose resume window passed.
     pub resume_expiries: u64,
+    /// Reports accepted, indexed by `Reason as usize` (the order of [`Reason::ALL`]).
+    pub reports: [u64; Reason::ALL.len()],
+    /// Addresses this worker shadow-banned.
+    pub shadow_bans: u64,
+    /// Blocks accepted.
+    pub blocks: u64,
+    /// Lines found sent to `spam_partners` strangers.
+    pub spam_detections: u64,
 }
 
 impl RouletteCounters {
@@ -194,6 +209,24 @@ pub(super) fn write(out: &mut String, stats: RouletteStats, c: &RouletteCounters
         "chatd_resume_expiries_total",
         "Sessions whose resume window passed (the partner was told disconnected).",
         c.resume_expiries,
+    );
+    let name = "chatd_reports_total";
+    header(out, name, "Reports accepted, by reason (spam detections count as spam).", "counter");
+    for r in Reason::ALL {
+        sample(out, name, &[("reason", r.as_str())], c.reports[r as usize]);
+    }
+    counter(
+        out,
+        "chatd_shadow_bans_total",
+        "Addresses shadow-banned by this worker (reports from distinct addresses, or spam).",
+        c.shadow_bans,
+    );
+    counter(out, "chatd_blocks_total", "Blocks accepted.", c.blocks);
+    counter(
+        out,
+        "chatd_spam_detections_total",
+        "Lines found sent by one address to spam_partners different strangers.",
+        c.spam_detections,
     );
 }
 
@@ -318,10 +351,13 @@ pub(crate) mod tests {
         }
         assert_eq!(m["chatd_match_wait_seconds_bucket{le=\"+Inf\"}"], 0.0);
         assert_eq!(m["chatd_match_wait_seconds_sum"], 0.0);
-        assert_eq!(m.len(), 3 + 3 + (WAIT_BUCKETS.len() + 1 + 2) + ErrorCode::ALL.len() + 6);
+        assert_eq!(
+            m.len(),
+            3 + 3 + (WAIT_BUCKETS.len() + 1 + 2) + ErrorCode::ALL.len() + 6 + Reason::ALL.len() + 3
+        );
         assert!(m.values().all(|&v| v == 0.0));
         let families = out.lines().filter(|l| l.starts_with("# TYPE ")).count();
-        assert_eq!(families, 14);
+        assert_eq!(families, 18);
     }
 
     #[test]

@@ -43,13 +43,14 @@ use self::{
 use crate::{
     app::{Action, App, Event, Message, PeerId},
     cluster::{Event as ClusterEvent, Forwarded, Op},
-    safety::AddrHash,
+    safety::{AddrHash, Ban, Ledger, Rules},
     ws::close_code,
 };
 
 pub mod matchmaker;
 pub mod metrics;
 pub mod protocol;
+mod safety;
 
 /// The roulette's own settings: the `[chat]` table of the configuration file (which
 /// `config.rs` reads and validates; the roulette never sees the rest of the configuration).
@@ -76,6 +77,11 @@ pub struct ChatConfig {
     pub address_search_burst: u32,
     /// Refill of that budget per second (`[safety] address_searches_per_second`). Default 3.
     pub address_searches_per_second: f64,
+    /// WebSockets one address may hold across a cluster (`[safety]
+    /// max_connections_per_address`; the endpoint enforces it per worker with 429). 0: no limit.
+    pub max_connections_per_address: usize,
+    /// Reports, blocks, spam and proof of work (the rest of `[safety]`).
+    pub safety: Rules,
 }
 
 impl Default for ChatConfig {
@@ -90,6 +96,8 @@ impl Default for ChatConfig {
             resume_window: std::time::Duration::from_secs(20),
             address_search_burst: 60,
             address_searches_per_second: 3.0,
+            max_connections_per_address: 8,
+            safety: Rules::default(),
         }
     }
 }
@@ -139,6 +147,7 @@ const REASON_RESUMED: &str = "resumed elsewhere";
 
 const REASON_BINARY: &str = "binary messages are not supported";
 const REASON_ABUSE: &str = "too many invalid or rate-limited messages";
+const REASON_CROWDED: &str = "too many connections from your address";
 
 /// Counters for metrics. `online` includes connections the roulette is closing.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -424,6 +433,16 @@ pub struct Roulette {
     next_sweep: Option<Instant>,
     /// Where tokens come from ([`os_random`] unless a test says otherwise).
     random: fn(&mut [u8]),
+    /// Reports, shadow bans and repeated lines by address.
+    ledger: Ledger,
+    /// Each connection's proof-of-work challenge, while the proof of work is on.
+    challenges: HashMap<PeerId, [u8; 16]>,
+    /// Each person's last partner's address and when that chat ended (report, block after).
+    recent: HashMap<PeerId, (AddrHash, Instant)>,
+    /// Searches per second, for `pow_bits = "auto"`.
+    search_rate: safety::SearchRate,
+    /// Connections here per client address (in a cluster, Redis sums them across workers).
+    local_clients: HashMap<AddrHash, u32>,
 }
 
 /// Proxy ids of partners on other workers carry this worker number (local workers are
@@ -460,6 +479,8 @@ struct Cluster {
     /// Sessions that moved here whose partner's lines wait for the old worker's last forwarded
     /// one (its `End`), until when, and the lines.
     held: HashMap<PeerId, (Instant, Vec<String>)>,
+    /// The addresses of partners on other workers, by proxy id (for report and block).
+    clients: HashMap<PeerId, AddrHash>,
 }
 
 impl Cluster {
@@ -501,6 +522,7 @@ impl Cluster {
     }
 
     fn forget(&mut self, proxy: PeerId) {
+        self.clients.remove(&proxy);
         if let Some(key) = self.remote_keys.remove(&proxy) {
             self.remote_ids.remove(&key);
         }
@@ -537,6 +559,11 @@ impl Roulette {
             addresses: HashMap::new(),
             next_sweep: None,
             random: os_random,
+            ledger: Ledger::default(),
+            challenges: HashMap::new(),
+            recent: HashMap::new(),
+            search_rate: safety::SearchRate::default(),
+            local_clients: HashMap::new(),
         }
     }
 
@@ -561,6 +588,7 @@ impl Roulette {
             up: false,
             crowd: None,
             resuming: HashMap::new(),
+            clients: HashMap::new(),
             moved: HashMap::new(),
             held: HashMap::new(),
         });
@@ -712,7 +740,11 @@ impl Roulette {
     /// interval from the last broadcast.
     pub fn set_config(&mut self, config: ChatConfig) {
         self.matchmaker.set_limits(config.interest_timeout, config.rematch_cooldown);
+        let pardons = config.safety.pardon != self.config.safety.pardon;
         self.config = config;
+        if pardons {
+            self.apply_pardons();
+        }
     }
 
     /// Counters for metrics.
@@ -747,8 +779,11 @@ impl Roulette {
         (self.random)(&mut bytes);
         let token = Token(bytes);
         self.tokens.insert(token, peer);
+        let here = self.local_clients.entry(client).or_default();
+        *here += 1;
         if let Some(c) = &mut self.cluster {
-            c.ops.push_back(Op::Token { peer, token: token.hex() });
+            let (client, count) = (client.to_string(), *here);
+            c.ops.push_back(Op::Token { peer, token: token.hex(), client, count, fresh: true });
         }
         self.peers.insert(peer, Peer::new(now_ms, &self.config, token, client));
         if self.online.sent_at.is_none() {
@@ -760,6 +795,7 @@ impl Roulette {
             online: self.online_count(),
             max_message_chars: self.config.max_message_chars,
             resume_token: &token.hex(),
+            pow: self.new_challenge(peer),
         };
         send(out, peer, &welcome);
     }
@@ -793,7 +829,11 @@ impl Roulette {
             c.resuming.remove(&peer);
         }
         match msg {
-            ClientMessage::Search { interests } => self.handle_search(now, peer, interests, out),
+            ClientMessage::Search { interests, pow } => {
+                self.handle_search(now, peer, interests, pow.as_deref(), out)
+            }
+            ClientMessage::Report { reason } => self.handle_report(now, peer, reason, out),
+            ClientMessage::Block => self.handle_block(now, peer, out),
             ClientMessage::Message { text } => self.handle_chat_message(now, peer, &text, out),
             ClientMessage::Typing { active } => self.handle_typing(now, peer, active, out),
             ClientMessage::Leave => {
@@ -812,6 +852,7 @@ impl Roulette {
         now: Instant,
         peer: PeerId,
         interests: Interests,
+        pow: Option<&str>,
         out: &mut Vec<Action>,
     ) -> protocol::Result<()> {
         let now_ms = self.millis(now);
@@ -819,6 +860,8 @@ impl Roulette {
         if !p.searches.try_take(now_ms, SEARCH_PER_SECOND, SEARCH_BURST) {
             return Err(RequestError::RateLimited);
         }
+        self.check_pow(now, peer, pow)?;
+        let Some(p) = self.peers.get_mut(&peer) else { return Ok(()) };
         // And the address's budget, shared by all its connections (while matching goes on).
         let (burst, rate) =
             (self.config.address_search_burst, self.config.address_searches_per_second);
@@ -836,7 +879,8 @@ impl Roulette {
         if let Some(p) = self.peers.get_mut(&peer) {
             p.state = ChatState::Searching;
         }
-        send(out, peer, &ServerMessage::Searching);
+        let pow = self.new_challenge(peer);
+        send(out, peer, &ServerMessage::Searching { pow });
         if self.is_draining {
             return Ok(()); // The server is closing everyone; do not start chats now.
         }
@@ -845,13 +889,16 @@ impl Roulette {
             c.wakes.retain(|&(_, p)| p != peer);
             c.searching.insert(peer, interests.clone());
             if c.up {
-                c.ops.push_back(Op::Search { peer, interests });
+                let client =
+                    self.peers.get(&peer).map(|p| p.client.to_string()).unwrap_or_default();
+                c.ops.push_back(Op::Search { peer, interests, client });
             } else {
                 send(out, peer, &ServerMessage::Matching { available: false });
             }
             return Ok(());
         }
-        if let Some(m) = self.matchmaker.handle_search(now, peer, interests) {
+        let who = self.searcher(now, peer);
+        if let Some(m) = self.matchmaker.handle_search_as(now, peer, interests, who) {
             self.start_chat(now, m, out);
         }
         Ok(())
@@ -886,6 +933,7 @@ impl Roulette {
         self.counters.messages_relayed += 1;
         self.counters.messages_relayed_remote += u64::from(is_remote(partner));
         self.deliver(out, peer, partner, &ServerMessage::Message { text });
+        self.note_line(now, peer, partner, text, out);
         Ok(())
     }
 
@@ -950,6 +998,7 @@ impl Roulette {
         reason: LeaveReason,
         out: &mut Vec<Action>,
     ) {
+        self.remember_partners(now, peer, partner);
         for (me, other) in [(peer, partner), (partner, peer)] {
             if let Some(p) = self.person_mut(me) {
                 if p.state == ChatState::Chatting(other) {
@@ -1009,8 +1058,20 @@ impl Roulette {
     fn handle_cluster(&mut self, now: Instant, event: ClusterEvent, out: &mut Vec<Action>) {
         let Some(c) = &mut self.cluster else { return };
         match event {
-            ClusterEvent::Matched { peer, partner, waited, partner_waited, common } => {
+            ClusterEvent::Matched {
+                peer,
+                partner,
+                waited,
+                partner_waited,
+                partner_client,
+                common,
+            } => {
                 let partner_id = c.id_of(&partner);
+                if let (true, Some(client)) =
+                    (is_remote(partner_id), AddrHash::parse(&partner_client))
+                {
+                    c.clients.insert(partner_id, client);
+                }
                 let searching = |r: &Roulette, id: PeerId| {
                     r.peers.get(&id).is_some_and(|p| p.state == ChatState::Searching)
                 };
@@ -1054,8 +1115,11 @@ impl Roulette {
                     c.wakes.insert((now + SEARCH_RETRY, peer));
                 }
             }
-            ClusterEvent::RemoteMatched { to, from, waited, common } => {
+            ClusterEvent::RemoteMatched { to, from, waited, client, common } => {
                 let proxy = c.id_of(&from);
+                if let Some(client) = AddrHash::parse(&client) {
+                    c.clients.insert(proxy, client);
+                }
                 if self.peers.get(&to).is_some_and(|p| p.state == ChatState::Searching) {
                     self.start_cluster_chat(to, proxy, &common, waited, out);
                     self.pairs += 1;
@@ -1125,6 +1189,19 @@ impl Roulette {
                 }
             }
             ClusterEvent::Online(n) => c.crowd = Some(n),
+            ClusterEvent::Banned { client, reports } => {
+                if let Some(client) = AddrHash::parse(&client) {
+                    let duration = self.config.safety.ban_duration;
+                    self.banned(now, Ban { client, reports, duration }, out);
+                }
+            }
+            ClusterEvent::Crowded { peer, count } => {
+                let cap = self.config.max_connections_per_address;
+                let live = self.peers.get(&peer).is_some_and(|p| p.state != ChatState::Closing);
+                if cap > 0 && count > cap && live {
+                    self.close(now, peer, close_code::POLICY, REASON_CROWDED, out);
+                }
+            }
             ClusterEvent::Up => {
                 c.up = true;
                 // Redis may have lost them (a restart), or missed a change while the link was
@@ -1133,7 +1210,15 @@ impl Roulette {
                     self.tokens.iter().map(|(&t, &p)| (p, t)).collect();
                 tokens.sort_unstable_by_key(|&(p, _)| p);
                 for (peer, token) in tokens {
-                    c.ops.push_back(Op::Token { peer, token: token.hex() });
+                    let client = self.peers.get(&peer).map(|p| p.client);
+                    let count = client.and_then(|a| self.local_clients.get(&a)).copied();
+                    c.ops.push_back(Op::Token {
+                        peer,
+                        token: token.hex(),
+                        client: client.map(|a| a.to_string()).unwrap_or_default(),
+                        count: count.unwrap_or(0),
+                        fresh: false,
+                    });
                 }
                 let searchers: Vec<PeerId> = c.searching.keys().copied().collect();
                 for peer in searchers {
@@ -1183,11 +1268,12 @@ impl Roulette {
 
     /// Makes a local searcher's search again (a wake, a reconnect, a failed match).
     fn research(&mut self, peer: PeerId) {
+        let client = self.person(peer).map(|p| p.client.to_string()).unwrap_or_default();
         let Some(c) = &mut self.cluster else { return };
         let Some(interests) = c.searching.get(&peer).cloned() else { return };
         c.wakes.retain(|&(_, p)| p != peer);
         if c.up {
-            c.ops.push_back(Op::Search { peer, interests });
+            c.ops.push_back(Op::Search { peer, interests, client });
         }
     }
 
@@ -1240,6 +1326,21 @@ impl Roulette {
             None => None,
         };
         let Some(p) = self.peers.get(&peer) else { return };
+        let client = p.client;
+        let left = match self.local_clients.get_mut(&client) {
+            Some(n) => {
+                *n = n.saturating_sub(1);
+                *n
+            }
+            None => 0,
+        };
+        if left == 0 {
+            self.local_clients.remove(&client);
+        }
+        if let Some(c) = &mut self.cluster {
+            c.ops.push_back(Op::Count { client: client.to_string(), count: left });
+        }
+        let Some(p) = self.peers.get(&peer) else { return };
         let window = self.config.resume_window;
         // Every drop waits (issue 12: an idle person resumes as idle); MAX_AWAY bounds them.
         let has_room = self.away.len() < MAX_AWAY;
@@ -1259,6 +1360,8 @@ impl Roulette {
 
     /// `peer`'s token is no good any more.
     fn forget_token(&mut self, peer: PeerId, token: Token) {
+        self.challenges.remove(&peer);
+        self.recent.remove(&peer);
         if self.tokens.get(&token) == Some(&peer) {
             self.tokens.remove(&token);
         }
@@ -1431,7 +1534,10 @@ impl Roulette {
                 None => {
                     let m = match a.parked {
                         Some(parked) => self.matchmaker.unpark(now, new, parked),
-                        None => self.matchmaker.handle_search(now, new, Interests::none()),
+                        None => {
+                            let who = self.searcher(now, new);
+                            self.matchmaker.handle_search_as(now, new, Interests::none(), who)
+                        }
                     };
                     if let Some(m) = m {
                         self.start_chat(now, m, out);
@@ -1629,7 +1735,7 @@ impl Roulette {
     fn reply_error_now(&mut self, peer: PeerId, e: &RequestError, out: &mut Vec<Action>) {
         self.counters.count_error(e.code());
         let message = e.to_string();
-        send(out, peer, &ServerMessage::Error { code: e.code(), message: &message });
+        send(out, peer, &ServerMessage::Error { code: e.code(), message: &message, pow: None });
     }
 
     /// Answers a refused request with `error`, or closes with 1008 if the error budget is spent.
@@ -1642,7 +1748,11 @@ impl Roulette {
         if p.errors.try_take(now_ms, ERROR_PER_SECOND, ERROR_BURST) {
             self.counters.count_error(e.code());
             let message = e.to_string();
-            send(out, peer, &ServerMessage::Error { code: e.code(), message: &message });
+            let pow = match e {
+                RequestError::PowRequired | RequestError::PowInvalid => self.challenge_of(peer),
+                _ => None,
+            };
+            send(out, peer, &ServerMessage::Error { code: e.code(), message: &message, pow });
         } else {
             self.counters.abuse_closes += 1;
             self.close(now, peer, close_code::POLICY, REASON_ABUSE, out);
@@ -1702,7 +1812,8 @@ impl App for Roulette {
             let (burst, rate) =
                 (self.config.address_search_burst, self.config.address_searches_per_second);
             self.addresses.retain(|_, b| !b.is_full(now_ms, rate, burst));
-            self.next_sweep = (!self.addresses.is_empty()).then_some(now + ADDRESS_SWEEP);
+            let more = self.sweep_safety(now) || !self.addresses.is_empty();
+            self.next_sweep = more.then_some(now + ADDRESS_SWEEP);
         }
         while let Some(&(at, peer)) = self.away_wakes.first() {
             if at > now {
@@ -1791,6 +1902,8 @@ impl App for Roulette {
         self.is_draining = true;
         // No more searches: no budgets to keep.
         self.addresses.clear();
+        self.recent.clear();
+        self.challenges.clear();
         self.next_sweep = None;
         // Nobody can come back to a server that stops: away sessions end now, as a disconnect.
         let mut away: Vec<PeerId> = self.away.keys().copied().collect();
@@ -1876,6 +1989,8 @@ mod tests {
         inbox: HashMap<PeerId, VecDeque<Value>>,
         closes: Vec<(PeerId, u16)>,
         broadcasts: Vec<Value>,
+        /// Addresses shadow-banned, in order.
+        bans: Vec<AddrHash>,
     }
 
     fn id(n: u32) -> PeerId {
@@ -1915,6 +2030,7 @@ mod tests {
                 inbox: HashMap::new(),
                 closes: Vec::new(),
                 broadcasts: Vec::new(),
+                bans: Vec::new(),
             }
         }
 
@@ -1942,6 +2058,7 @@ mod tests {
                         assert!(reason.len() <= 123);
                         self.closes.push((peer, code));
                     }
+                    Action::Banned { client, .. } => self.bans.push(client),
                 }
             }
             self.check();
@@ -2201,8 +2318,9 @@ mod tests {
         assert_eq!(m["chatd_rate_limited_total"], 1.0);
         assert_eq!(m["chatd_abuse_closes_total"], 0.0);
         assert_eq!(m["chatd_binary_closes_total"], 0.0);
-        // Nothing else: 3 gauges, 3 counters, 12 buckets + sum + count, 8 codes, 6 counters.
-        assert_eq!(m.len(), 3 + 3 + 14 + 8 + 6);
+        // Nothing else: 3 gauges, 3 counters, 12 buckets + sum + count, 10 codes, 6 counters,
+        // 4 report reasons and 3 safety counters.
+        assert_eq!(m.len(), 3 + 3 + 14 + 10 + 6 + 4 + 3);
 
         // Ending the chat moves the gauges, not the counters.
         d.leave(2);
@@ -3490,5 +3608,209 @@ mod tests {
             d.apply(out);
             assert_eq!(d.app.stats().pairs, 0);
         }
+    }
+
+    fn report(d: &mut Driver, n: u32, reason: &str) {
+        d.send(n, json!({"type":"report","reason":reason}));
+    }
+
+    #[test]
+    fn a_report_ends_the_chat_as_a_skip_and_three_ban_into_the_shadow_pool() {
+        let mut d = Driver::new();
+        for n in 1..=9 {
+            d.join(n);
+        }
+        // Three people report 9 (one during the chat, two in the minute after).
+        d.pair(9, 1);
+        report(&mut d, 1, "spam");
+        assert_eq!(d.types(1), ["reported"], "the reporter is idle; its page searches");
+        assert_eq!(d.recv(9), [json!({"type":"partner_left","reason":"next"})]);
+        d.at(20.0);
+        d.pair(9, 2);
+        d.leave(2);
+        d.recv(9);
+        d.at(70.0);
+        report(&mut d, 2, "abuse");
+        assert_eq!(d.types(2), ["reported"]);
+        assert!(d.bans.is_empty());
+        d.at(75.0);
+        d.pair(9, 3);
+        report(&mut d, 3, "underage");
+        assert_eq!(d.bans, [AddrHash::from_bytes([9; 16])]);
+        assert_eq!(d.app.counters.shadow_bans, 1);
+        assert_eq!(d.app.counters.reports, [1, 1, 1, 0]);
+        d.recv(9);
+        // 9 searches like anyone (and is not told), but meets only another banned address.
+        d.search(9);
+        d.search(4);
+        assert_eq!(d.types(9), ["searching"]);
+        assert_eq!(d.types(4), ["searching"]);
+        d.app.ledger.ban(d.now, AddrHash::from_bytes([8; 16]), Duration::from_secs(60));
+        d.search(8);
+        assert_eq!(d.types(8), ["searching", "matched"]);
+        assert_eq!(d.partner_of(8), Some(id(9)));
+        d.search(5);
+        assert_eq!(d.partner_of(5), Some(id(4)));
+    }
+
+    #[test]
+    fn a_waiting_searcher_banned_moves_to_the_shadow_pool_at_once() {
+        let mut d = Driver::with(ChatConfig {
+            safety: Rules { report_threshold: 1, ..Rules::default() },
+            ..quiet_config()
+        });
+        for n in 1..=4 {
+            d.join(n);
+        }
+        d.pair(1, 2);
+        d.leave(1);
+        d.search(1); // waiting again when the report comes
+        d.app.ledger.ban(d.now, AddrHash::from_bytes([3; 16]), Duration::from_secs(60));
+        d.search(3); // banned: does not take 1
+        assert_eq!(d.types(3), ["searching"]);
+        report(&mut d, 2, "other");
+        assert_eq!(d.types(2), ["partner_left", "reported"]);
+        assert_eq!(d.partner_of(1), Some(id(3)), "1 moved over and met the other banned one");
+    }
+
+    #[test]
+    fn reports_outside_a_chat_and_its_minute_after_are_refused() {
+        let mut d = Driver::new();
+        d.join(1);
+        d.join(2);
+        report(&mut d, 1, "spam");
+        assert_eq!(d.errors(1), ["not_in_chat"]);
+        d.send(1, json!({"type":"block"}));
+        assert_eq!(d.errors(1), ["not_in_chat"]);
+        d.pair(1, 2);
+        d.leave(2);
+        d.recv(1);
+        d.at(61.0);
+        report(&mut d, 1, "spam");
+        assert_eq!(d.errors(1), ["not_in_chat"]);
+        report(&mut d, 1, "rude");
+        assert_eq!(d.errors(1), ["invalid_json"]);
+    }
+
+    #[test]
+    fn a_block_keeps_two_addresses_apart_until_it_ends() {
+        let mut d = Driver::with(ChatConfig {
+            rematch_cooldown: Duration::from_millis(10),
+            safety: Rules { block_duration: Duration::from_secs(100), ..Rules::default() },
+            ..quiet_config()
+        });
+        for n in 1..=3 {
+            d.join(n);
+        }
+        d.pair(1, 2);
+        d.send(1, json!({"type":"block"}));
+        assert_eq!(d.types(1), ["blocked"]);
+        assert_eq!(d.recv(2), [json!({"type":"partner_left","reason":"next"})]);
+        d.at(1.0);
+        d.search(1);
+        d.search(2);
+        assert_eq!(d.types(2), ["searching"], "kept apart, both wait");
+        d.search(3);
+        assert_eq!(d.partner_of(3), Some(id(1)));
+        d.leave(3);
+        d.at(101.0);
+        d.search(1);
+        assert_eq!(d.partner_of(1), Some(id(2)), "the block ended");
+        assert_eq!(d.app.counters.blocks, 1);
+    }
+
+    #[test]
+    fn the_same_line_to_five_strangers_reports_the_sender_from_each_and_bans() {
+        let mut d = Driver::with(ChatConfig {
+            rematch_cooldown: Duration::from_millis(10),
+            ..quiet_config()
+        });
+        for n in 1..=6 {
+            d.join(n);
+        }
+        let ad = "Buy cheap followers at example.test";
+        for n in 2..=6 {
+            d.pair(1, n);
+            d.say(1, if n % 2 == 0 { ad } else { "  BUY CHEAP followers at EXAMPLE.test " });
+            d.leave(n);
+            d.recv(1);
+            d.at(f64::from(n));
+        }
+        assert_eq!(d.app.counters.spam_detections, 1);
+        assert_eq!(d.app.counters.reports[crate::safety::Reason::Spam as usize], 5);
+        assert_eq!(d.bans, [AddrHash::from_bytes([1; 16])]);
+    }
+
+    #[test]
+    fn proof_of_work_is_asked_checked_and_renewed_per_search() {
+        let mut d = Driver::with(ChatConfig {
+            safety: Rules { pow: crate::safety::Pow::Bits(8), ..Rules::default() },
+            ..quiet_config()
+        });
+        d.open(1);
+        let welcome = d.recv(1).remove(0);
+        assert_eq!(welcome["pow"]["bits"], 8);
+        let challenge = |v: &Value| -> [u8; 16] {
+            let hex = v["pow"]["challenge"].as_str().expect("a challenge");
+            let mut out = [0u8; 16];
+            for (i, b) in out.iter_mut().enumerate() {
+                *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
+            }
+            out
+        };
+        let solve = |c: [u8; 16]| {
+            (0u64..)
+                .map(|n| n.to_string())
+                .find(|n| crate::safety::ledger::pow_ok(&c, n, 8))
+                .unwrap()
+        };
+        let mut c = challenge(&welcome);
+        d.search(1);
+        let e = d.recv(1).remove(0);
+        assert_eq!(e["code"], "pow_required");
+        assert_eq!(challenge(&e), c, "the same challenge, still to solve");
+        let bad = (0u64..)
+            .map(|n| n.to_string())
+            .find(|n| !crate::safety::ledger::pow_ok(&c, n, 8))
+            .unwrap();
+        d.send(1, json!({"type":"search","pow":bad}));
+        let e = d.recv(1).remove(0);
+        assert_eq!(e["code"], "pow_invalid");
+        assert_ne!(challenge(&e), c, "a wrong nonce gets a new challenge");
+        c = challenge(&e);
+        d.send(1, json!({"type":"search","pow":solve(c)}));
+        let ok = d.recv(1).remove(0);
+        assert_eq!(ok["type"], "searching");
+        assert_ne!(challenge(&ok), c, "the next search's challenge comes with searching");
+        // A challenge is good once: the same nonce again is refused.
+        d.send(1, json!({"type":"search","pow":solve(c)}));
+        assert_eq!(d.recv(1)[0]["code"], "pow_invalid");
+        assert_eq!(d.app.counters.errors(protocol::ErrorCode::PowRequired), 1);
+        assert_eq!(d.app.counters.errors(protocol::ErrorCode::PowInvalid), 2);
+    }
+
+    #[test]
+    fn automatic_proof_of_work_turns_on_past_the_search_rate() {
+        let mut d = Driver::with(ChatConfig {
+            address_search_burst: 0,
+            safety: Rules { pow: crate::safety::Pow::Auto { rate: 3.0 }, ..Rules::default() },
+            ..quiet_config()
+        });
+        for n in 1..=6 {
+            d.join(n);
+        }
+        for n in 1..=3 {
+            d.search(n);
+            assert!(d.recv(n).iter().all(|v| v["type"] != "error"), "off below the rate");
+        }
+        d.search(4);
+        let e = d.recv(4).remove(0);
+        assert_eq!(
+            (e["code"].as_str(), e["pow"]["bits"].as_u64()),
+            (Some("pow_required"), Some(18))
+        );
+        d.at(3.0);
+        d.search(6);
+        assert!(d.recv(6).iter().all(|v| v["type"] != "error"), "off again after a quiet second");
     }
 }

@@ -13,6 +13,8 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::safety::Reason;
+
 /// Most interests a search may carry (after normalisation and de-duplication).
 pub const MAX_INTERESTS: usize = 5;
 
@@ -71,6 +73,15 @@ pub enum RequestError {
     /// `resume` came after another message, or its token is unknown, used or expired.
     #[error("that session cannot be resumed")]
     ResumeFailed,
+    /// `report` or `block` outside a chat and the minute after it.
+    #[error("there is no stranger to report or block")]
+    NobodyToReport,
+    /// `search` without `pow` while proof of work is on.
+    #[error("this search needs a proof of work")]
+    PowRequired,
+    /// `search` with a `pow` that does not solve the challenge.
+    #[error("the proof of work is wrong")]
+    PowInvalid,
 }
 
 /// Result type of this module.
@@ -94,6 +105,9 @@ impl RequestError {
             | RequestError::InterestLength
             | RequestError::InterestControlChar => ErrorCode::BadInterests,
             RequestError::ResumeFailed => ErrorCode::ResumeFailed,
+            RequestError::NobodyToReport => ErrorCode::NotInChat,
+            RequestError::PowRequired => ErrorCode::PowRequired,
+            RequestError::PowInvalid => ErrorCode::PowInvalid,
         }
     }
 }
@@ -118,11 +132,15 @@ pub enum ErrorCode {
     BadInterests,
     /// `resume` refused: not the first message, or a wrong, used or expired token.
     ResumeFailed,
+    /// `search` without `pow` while proof of work is on (the error carries the challenge).
+    PowRequired,
+    /// `search` whose `pow` does not solve the challenge (the error carries a new one).
+    PowInvalid,
 }
 
 impl ErrorCode {
     /// Every code, for exhaustive tests and docs.
-    pub const ALL: [ErrorCode; 8] = [
+    pub const ALL: [ErrorCode; 10] = [
         ErrorCode::InvalidJson,
         ErrorCode::UnknownType,
         ErrorCode::NotInChat,
@@ -131,6 +149,8 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::BadInterests,
         ErrorCode::ResumeFailed,
+        ErrorCode::PowRequired,
+        ErrorCode::PowInvalid,
     ];
 
     /// The code as written on the wire.
@@ -144,6 +164,8 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::BadInterests => "bad_interests",
             ErrorCode::ResumeFailed => "resume_failed",
+            ErrorCode::PowRequired => "pow_required",
+            ErrorCode::PowInvalid => "pow_invalid",
         }
     }
 }
@@ -250,6 +272,8 @@ pub enum ClientMessage<'a> {
     Search {
         /// Normalised interests; empty when absent or `null`.
         interests: Interests,
+        /// The proof of work's nonce, when one was sent.
+        pow: Option<Cow<'a, str>>,
     },
     /// `{"type":"message","text":"..."}`: a chat line for the partner. Borrowed from the frame
     /// when it has no escapes.
@@ -270,6 +294,14 @@ pub enum ClientMessage<'a> {
         /// The `resume_token` the old connection was given.
         token: Cow<'a, str>,
     },
+    /// `{"type":"report","reason":"spam"}`: report the partner (in a chat or the minute after).
+    Report {
+        /// Why.
+        reason: Reason,
+    },
+    /// `{"type":"block"}`: never meet the partner's address again (in a chat or the minute
+    /// after).
+    Block,
 }
 
 #[derive(Deserialize)]
@@ -282,6 +314,18 @@ struct Envelope<'a> {
 struct SearchBody {
     #[serde(default)]
     interests: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct PowBody<'a> {
+    #[serde(default, borrow)]
+    pow: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct ReportBody<'a> {
+    #[serde(borrow)]
+    reason: Cow<'a, str>,
 }
 
 #[derive(Deserialize)]
@@ -354,7 +398,9 @@ impl<'a> ClientMessage<'a> {
                     Some(list) => Interests::parse(list)?,
                     None => Interests::none(),
                 };
-                Ok(ClientMessage::Search { interests })
+                let pow: PowBody<'a> = serde_json::from_str(text)
+                    .map_err(|_| RequestError::BadField { field: "pow" })?;
+                Ok(ClientMessage::Search { interests, pow: pow.pow })
             }
             "message" => {
                 let body: MessageBody<'a> = serde_json::from_str(text)
@@ -367,6 +413,14 @@ impl<'a> ClientMessage<'a> {
                 Ok(ClientMessage::Typing { active: body.active })
             }
             "leave" => Ok(ClientMessage::Leave),
+            "block" => Ok(ClientMessage::Block),
+            "report" => {
+                let body: ReportBody<'_> = serde_json::from_str(text)
+                    .map_err(|_| RequestError::BadField { field: "reason" })?;
+                let reason = Reason::parse(&body.reason)
+                    .ok_or(RequestError::BadField { field: "reason" })?;
+                Ok(ClientMessage::Report { reason })
+            }
             "resume" => {
                 let body: ResumeBody<'a> = serde_json::from_str(text)
                     .map_err(|_| RequestError::BadField { field: "token" })?;
@@ -425,6 +479,9 @@ pub enum ServerMessage<'a> {
         max_message_chars: usize,
         /// The token a new connection sends in `resume` to take this one's place after a drop.
         resume_token: &'a str,
+        /// The proof of work for the first search, when it is on.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pow: Option<PowChallenge>,
     },
     /// The answer to a good `resume`: the session is back, in `state`; the lines and typing
     /// kept meanwhile follow.
@@ -439,7 +496,15 @@ pub enum ServerMessage<'a> {
     /// The partner is back after a drop.
     PartnerBack,
     /// The answer to every `search`, in order, before any `matched` it leads to.
-    Searching,
+    Searching {
+        /// The proof of work for the next search, when it is on.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pow: Option<PowChallenge>,
+    },
+    /// The answer to `report`.
+    Reported,
+    /// The answer to `block`.
+    Blocked,
     /// A partner was found.
     Matched {
         /// The interests both gave, sorted; empty for a random match.
@@ -471,6 +536,9 @@ pub enum ServerMessage<'a> {
         code: ErrorCode,
         /// A human-readable English sentence.
         message: &'a str,
+        /// With `pow_required` and `pow_invalid`: the challenge to solve now.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pow: Option<PowChallenge>,
     },
     /// In a cluster: whether matching works. `false` while this server cannot reach the shared
     /// queue (searches keep their place and wait); `true` when it can again.
@@ -478,6 +546,27 @@ pub enum ServerMessage<'a> {
         /// Matching works.
         available: bool,
     },
+}
+
+/// A proof-of-work challenge: find a `pow` nonce such that SHA-256(the 16 challenge bytes ‖
+/// the nonce as UTF-8) starts with `bits` zero bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PowChallenge {
+    /// Random, one per search.
+    pub challenge: [u8; 16],
+    /// Leading zero bits asked for.
+    pub bits: u8,
+}
+
+impl Serialize for PowChallenge {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let hex: String = self.challenge.iter().map(|b| format!("{b:02x}")).collect();
+        let mut st = s.serialize_struct("PowChallenge", 2)?;
+        st.serialize_field("challenge", &hex)?;
+        st.serialize_field("bits", &self.bits)?;
+        st.end()
+    }
 }
 
 impl ServerMessage<'_> {
@@ -506,15 +595,15 @@ mod tests {
     fn parses_each_client_type() {
         assert_eq!(
             ClientMessage::parse(r#"{"type":"search"}"#),
-            Ok(ClientMessage::Search { interests: Interests::none() })
+            Ok(ClientMessage::Search { interests: Interests::none(), pow: None })
         );
         assert_eq!(
             ClientMessage::parse(r#"{"type":"search","interests":null}"#),
-            Ok(ClientMessage::Search { interests: Interests::none() })
+            Ok(ClientMessage::Search { interests: Interests::none(), pow: None })
         );
         assert_eq!(
             ClientMessage::parse(r#"{"type":"search","interests":["Music"," jazz "]}"#),
-            Ok(ClientMessage::Search { interests: interests(&["jazz", "music"]) })
+            Ok(ClientMessage::Search { interests: interests(&["jazz", "music"]), pow: None })
         );
         assert_eq!(
             ClientMessage::parse(r#"{"type":"message","text":"hi <b>"}"#),
@@ -531,6 +620,23 @@ mod tests {
             Ok(ClientMessage::Resume { token: "00ff".into() })
         );
         assert_eq!(err(r#"{"type":"resume"}"#), RequestError::BadField { field: "token" });
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"search","pow":"123"}"#),
+            Ok(ClientMessage::Search { interests: Interests::none(), pow: Some("123".into()) })
+        );
+        assert_eq!(err(r#"{"type":"search","pow":5}"#), RequestError::BadField { field: "pow" });
+        assert_eq!(
+            err(r#"{"type":"search","interests":[1],"pow":"5"}"#),
+            RequestError::InterestsNotStrings
+        );
+        for r in Reason::ALL {
+            let text = format!(r#"{{"type":"report","reason":"{}"}}"#, r.as_str());
+            assert_eq!(ClientMessage::parse(&text), Ok(ClientMessage::Report { reason: r }));
+        }
+        for bad in [r#"{"type":"report"}"#, r#"{"type":"report","reason":"rude"}"#] {
+            assert_eq!(err(bad), RequestError::BadField { field: "reason" });
+        }
+        assert_eq!(ClientMessage::parse(r#"{"type":"block"}"#), Ok(ClientMessage::Block));
         assert_eq!(
             err(r#"{"type":"resume","token":7}"#),
             RequestError::BadField { field: "token" }
@@ -711,7 +817,9 @@ mod tests {
                 "empty_message",
                 "rate_limited",
                 "bad_interests",
-                "resume_failed"
+                "resume_failed",
+                "pow_required",
+                "pow_invalid"
             ]
         );
         // Every code is reachable from some RequestError.
@@ -724,6 +832,8 @@ mod tests {
             RequestError::RateLimited,
             RequestError::TooManyInterests,
             RequestError::ResumeFailed,
+            RequestError::PowRequired,
+            RequestError::PowInvalid,
         ];
         for (e, code) in errors.iter().zip(ErrorCode::ALL) {
             assert_eq!(e.code(), code);
@@ -737,7 +847,12 @@ mod tests {
         let none = Interests::none();
         let cases: Vec<(ServerMessage<'_>, Value)> = vec![
             (
-                ServerMessage::Welcome { online: 3, max_message_chars: 2000, resume_token: "ab" },
+                ServerMessage::Welcome {
+                    online: 3,
+                    max_message_chars: 2000,
+                    resume_token: "ab",
+                    pow: None,
+                },
                 json!({"type":"welcome","online":3,"max_message_chars":2000,"resume_token":"ab"}),
             ),
             (
@@ -746,7 +861,15 @@ mod tests {
             ),
             (ServerMessage::PartnerAway, json!({"type":"partner_away"})),
             (ServerMessage::PartnerBack, json!({"type":"partner_back"})),
-            (ServerMessage::Searching, json!({"type":"searching"})),
+            (ServerMessage::Searching { pow: None }, json!({"type":"searching"})),
+            (
+                ServerMessage::Searching {
+                    pow: Some(PowChallenge { challenge: [0xab; 16], bits: 18 }),
+                },
+                json!({"type":"searching","pow":{"challenge":"ab".repeat(16),"bits":18}}),
+            ),
+            (ServerMessage::Reported, json!({"type":"reported"})),
+            (ServerMessage::Blocked, json!({"type":"blocked"})),
             (
                 ServerMessage::Matched { common_interests: &common },
                 json!({"type":"matched","common_interests":["art","music"]}),
@@ -775,7 +898,7 @@ mod tests {
             ),
             (ServerMessage::Online { count: 7 }, json!({"type":"online","count":7})),
             (
-                ServerMessage::Error { code: ErrorCode::RateLimited, message: "slow" },
+                ServerMessage::Error { code: ErrorCode::RateLimited, message: "slow", pow: None },
                 json!({"type":"error","code":"rate_limited","message":"slow"}),
             ),
         ];

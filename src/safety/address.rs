@@ -98,13 +98,25 @@ impl AddressKey {
 
 /// A client address as chatd keeps it. `Display` writes the 32 hex digits; [`AddrHash::short`]
 /// the first 8, for logs.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AddrHash([u8; 16]);
 
 impl AddrHash {
     /// A hash from its bytes (tests, fuzzing, one made elsewhere).
     pub fn from_bytes(bytes: [u8; 16]) -> AddrHash {
         AddrHash(bytes)
+    }
+
+    /// A hash from its 32 hex digits (as `Display` writes it, and as the cluster carries it).
+    pub fn parse(hex: &str) -> Option<AddrHash> {
+        if hex.len() != 32 {
+            return None;
+        }
+        let mut out = [0u8; 16];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(AddrHash(out))
     }
 
     /// The first 32 bits in hex: enough to follow one client through a log, useless to find it.

@@ -3,10 +3,13 @@
 //! - [`address`]: the keyed hash that stands for a client address everywhere past the socket
 //!   (IPv6 grouped by /64), and its key.
 //! - [`banlist`]: the operator's `ban_file`, parsed and matched.
+//! - [`ledger`]: reports, shadow bans, blocks and spam by address, and the proof of work.
 //!
-//! Owns: address identity and the ban list. May not touch: sockets, the clock.
+//! Owns: address identity, the ban list and the per-address safety state. May not touch: sockets, the clock.
 pub mod address;
 pub mod banlist;
+pub mod ledger;
 
 pub use address::{AddrHash, AddressKey, KeyError};
 pub use banlist::{BanError, BanList};
+pub use ledger::{Ban, Ledger, Pow, Reason, Rules};

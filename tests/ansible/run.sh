@@ -66,6 +66,8 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 CACHE=${CHATD_TEST_CACHE:-/var/cache/chatd-test}
 VENV=$ROOT/.venv-ansible
+# The role's chatd_address_key in every play (see short_hash).
+ADDRESS_KEY=ansible-harness-address-key-2026
 T_START=$(date +%s)
 T_PHASE=$T_START
 
@@ -385,7 +387,7 @@ play() { # NAME [ansible-playbook args]: runs site.yml; sets PLAY_LOG and CHANGE
     PLAY_LOG=$RUN/play-$name.log
     t0=$(date +%s)
     (cd "$ROOT" && ansible-playbook -i "$RUN/inventory.ini" ansible/site.yml \
-        -e "chatd_binary_src=$BIN" "$@") >"$PLAY_LOG" 2>&1 || rc=$?
+        -e "chatd_binary_src=$BIN" -e "chatd_address_key=$ADDRESS_KEY" "$@") >"$PLAY_LOG" 2>&1 || rc=$?
     local recap
     recap=$(grep -E '^guest +: ok=' "$PLAY_LOG" || true)
     CHANGED=$(sed -n 's/.* changed=\([0-9]*\).*/\1/p' <<<"$recap")
@@ -449,8 +451,23 @@ C_status() { # URL [curl args]: the status code a GET from the client namespace 
 FORGED='X-Forwarded-For: 10.1.2.3'
 # The log of the running chatd process only (earlier runs logged other clients).
 chatd_log() { G journalctl -u chatd "_PID=$(mainpid)" --no-pager -o cat; }
-chatd_logged() { # MESSAGE ADDR: a line with MESSAGE whose peer is exactly ADDR (waits for journald)
-    local journal pattern="$1.*peer: ${2//./[.]}(,|\$)"
+# chatd logs a client as the first 8 hex digits of its keyed address hash (HMAC-SHA256 under
+# SHA-256 of the key file's secret, of 4 + the IPv4 octets or 6 + the IPv6 /64), never the
+# address. Every play gives it ADDRESS_KEY, so the harness can compute what it logs.
+short_hash() { # ADDR: what chatd logs for a client at ADDR
+    "$VENV/bin/python" - "$1" "$ADDRESS_KEY" <<'PY'
+import hashlib, hmac, ipaddress, sys
+ip = ipaddress.ip_address(sys.argv[1])
+if ip.version == 6 and ip.ipv4_mapped:
+    ip = ip.ipv4_mapped
+group = b"\x04" + ip.packed if ip.version == 4 else b"\x06" + ip.packed[:8]
+key = hashlib.sha256(sys.argv[2].strip().encode()).digest()
+print(hmac.new(key, group, hashlib.sha256).hexdigest()[:8])
+PY
+}
+chatd_logged() { # MESSAGE ADDR: a line with MESSAGE whose client is exactly ADDR's hash (waits for journald)
+    local journal pattern
+    pattern="$1.*client: $(short_hash "$2")(,|\$)"
     for _ in $(seq 50); do
         journal=$(chatd_log) && grep -qE "$pattern" <<<"$journal" && return 0
         sleep 0.1

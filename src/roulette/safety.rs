@@ -1,0 +1,313 @@
+//! The roulette's side of trust and safety: `report`, `block`, spam, shadow bans and the proof
+//! of work before each search. The state by address is in [`Ledger`] (one process) or Redis
+//! (a cluster, which has the last word on bans and blocks: its matcher applies them).
+//!
+//! Owns: what the roulette does about reports, blocks, spam and proof of work. May not touch:
+//! sockets, the clock, Redis (it speaks `cluster::Op`).
+use std::time::{Duration, Instant};
+
+use super::{
+    is_remote, matchmaker::Searcher, protocol::PowChallenge, send, ChatState, LeaveReason,
+    RequestError, Roulette, ServerMessage,
+};
+use crate::{
+    app::{Action, PeerId},
+    cluster::Op,
+    safety::{
+        ledger::{pow_ok, AFTER_CHAT, AUTO_BITS},
+        AddrHash, Ban, Pow, Reason,
+    },
+};
+
+/// How often the ledger and the blocks are swept of what expired.
+pub(super) const SAFETY_SWEEP: Duration = Duration::from_secs(10);
+
+/// Searches counted for `pow_bits = "auto"`: this worker's, per second, over the last second.
+#[derive(Debug, Default)]
+pub(super) struct SearchRate {
+    second: Option<Instant>,
+    this: u32,
+    last: u32,
+}
+
+impl SearchRate {
+    fn count(&mut self, now: Instant) {
+        self.roll(now);
+        self.this = self.this.saturating_add(1);
+    }
+
+    fn roll(&mut self, now: Instant) {
+        let start = *self.second.get_or_insert(now);
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed >= Duration::from_secs(1) {
+            // A quiet second in between means the last full second had none.
+            self.last = if elapsed < Duration::from_secs(2) { self.this } else { 0 };
+            self.this = 0;
+            self.second = Some(now);
+        }
+    }
+
+    /// Searches in the last full second (or in this one, if it already has more).
+    fn per_second(&self) -> u32 {
+        self.last.max(self.this)
+    }
+}
+
+impl Roulette {
+    /// The bits the proof of work asks for now (0: off).
+    pub(super) fn pow_bits(&self) -> u8 {
+        match self.config.safety.pow {
+            Pow::Off => 0,
+            Pow::Bits(n) => n,
+            Pow::Auto { rate } => {
+                if f64::from(self.search_rate.per_second()) > rate {
+                    AUTO_BITS
+                } else {
+                    0
+                }
+            }
+        }
+    }
+
+    /// A new challenge for `peer`'s next search, when the proof of work is on.
+    pub(super) fn new_challenge(&mut self, peer: PeerId) -> Option<PowChallenge> {
+        let bits = self.pow_bits();
+        if bits == 0 {
+            self.challenges.remove(&peer);
+            return None;
+        }
+        let mut challenge = [0u8; 16];
+        (self.random)(&mut challenge);
+        self.challenges.insert(peer, challenge);
+        Some(PowChallenge { challenge, bits })
+    }
+
+    /// The challenge `peer` is to solve (sent with `pow_required` and `pow_invalid`).
+    pub(super) fn challenge_of(&self, peer: PeerId) -> Option<PowChallenge> {
+        let challenge = *self.challenges.get(&peer)?;
+        Some(PowChallenge { challenge, bits: self.pow_bits().max(1) })
+    }
+
+    /// Checks a search's proof of work. A challenge is good for one search: a good nonce uses
+    /// it up, a wrong one gets a new one (so a client cannot grind against the server).
+    pub(super) fn check_pow(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        nonce: Option<&str>,
+    ) -> Result<(), RequestError> {
+        self.search_rate.count(now);
+        let bits = self.pow_bits();
+        if bits == 0 {
+            return Ok(());
+        }
+        let Some(&challenge) = self.challenges.get(&peer) else {
+            // It was off when this connection last heard: here is one.
+            self.new_challenge(peer);
+            return Err(RequestError::PowRequired);
+        };
+        let Some(nonce) = nonce else { return Err(RequestError::PowRequired) };
+        if !pow_ok(&challenge, nonce, bits) {
+            self.new_challenge(peer);
+            return Err(RequestError::PowInvalid);
+        }
+        self.challenges.remove(&peer);
+        Ok(())
+    }
+
+    /// Who `peer` is for the queue: its address, and whether that address is shadow-banned.
+    pub(super) fn searcher(&self, now: Instant, peer: PeerId) -> Searcher {
+        let client = self.person(peer).map_or(AddrHash::default(), |p| p.client);
+        Searcher { client, shadow: self.ledger.is_banned(now, client) }
+    }
+
+    /// The address of `id`: a local person (connected or away) or a partner elsewhere.
+    pub(super) fn client_of(&self, id: PeerId) -> Option<AddrHash> {
+        if is_remote(id) {
+            return self.cluster.as_ref()?.clients.get(&id).copied();
+        }
+        self.person(id).map(|p| p.client)
+    }
+
+    /// Notes, as a chat ends, whom each local side talked to: a report or block within
+    /// [`AFTER_CHAT`] is about that partner.
+    pub(super) fn remember_partners(&mut self, now: Instant, a: PeerId, b: PeerId) {
+        if self.is_draining {
+            return; // Nobody reports anyone on the way out.
+        }
+        for (me, other) in [(a, b), (b, a)] {
+            if is_remote(me) {
+                continue;
+            }
+            if let Some(client) = self.client_of(other) {
+                self.recent.insert(me, (client, now));
+                self.schedule_sweep(now);
+            }
+        }
+    }
+
+    /// The address `peer` may report or block now: its partner's in a chat (whose chat then
+    /// ends as a skip does), or its last partner's within [`AFTER_CHAT`].
+    fn target(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        out: &mut Vec<Action>,
+    ) -> Result<AddrHash, RequestError> {
+        let Some(p) = self.peers.get(&peer) else { return Err(RequestError::NobodyToReport) };
+        if let ChatState::Chatting(partner) = p.state {
+            let client = self.client_of(partner);
+            self.end_chat(now, peer, partner, LeaveReason::Next, out);
+            if let Some(client) = client {
+                return Ok(client);
+            }
+        }
+        match self.recent.get(&peer) {
+            Some(&(client, at)) if now.saturating_duration_since(at) < AFTER_CHAT => Ok(client),
+            _ => Err(RequestError::NobodyToReport),
+        }
+    }
+
+    /// `report`: counts against the partner's address; the partner is never told.
+    pub(super) fn handle_report(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        reason: Reason,
+        out: &mut Vec<Action>,
+    ) -> Result<(), RequestError> {
+        let target = self.target(now, peer, out)?;
+        let reporter = self.peers.get(&peer).map_or(AddrHash::default(), |p| p.client);
+        self.counters.reports[reason as usize] += 1;
+        self.file_report(now, target, reporter, out);
+        send(out, peer, &ServerMessage::Reported);
+        Ok(())
+    }
+
+    /// `block`: the two addresses are not paired again for `block_duration`.
+    pub(super) fn handle_block(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        out: &mut Vec<Action>,
+    ) -> Result<(), RequestError> {
+        let target = self.target(now, peer, out)?;
+        let me = self.peers.get(&peer).map_or(AddrHash::default(), |p| p.client);
+        let duration = self.config.safety.block_duration;
+        self.counters.blocks += 1;
+        match &mut self.cluster {
+            Some(c) => c.ops.push_back(Op::Block {
+                a: me.to_string(),
+                b: target.to_string(),
+                ms: duration.as_millis() as u64,
+            }),
+            None => {
+                let until = now.checked_add(duration).unwrap_or(now + Duration::from_secs(86400));
+                self.matchmaker.keep_apart(me, target, until);
+                self.schedule_sweep(now);
+            }
+        }
+        send(out, peer, &ServerMessage::Blocked);
+        Ok(())
+    }
+
+    /// A line `from` (local) sent to `to`: spam when it went to `spam_partners` strangers.
+    pub(super) fn note_line(
+        &mut self,
+        now: Instant,
+        from: PeerId,
+        to: PeerId,
+        text: &str,
+        out: &mut Vec<Action>,
+    ) {
+        if self.config.safety.spam_partners == 0 {
+            return;
+        }
+        let (Some(sender), Some(receiver)) = (self.client_of(from), self.client_of(to)) else {
+            return;
+        };
+        let rules = &self.config.safety;
+        let Some(strangers) = self.ledger.line(now, rules, sender, receiver, text) else { return };
+        self.counters.spam_detections += 1;
+        self.schedule_sweep(now);
+        for stranger in strangers {
+            self.counters.reports[Reason::Spam as usize] += 1;
+            self.file_report(now, sender, stranger, out);
+        }
+    }
+
+    /// One report of `target` by `reporter`: counted here, or in Redis for a cluster.
+    fn file_report(
+        &mut self,
+        now: Instant,
+        target: AddrHash,
+        reporter: AddrHash,
+        out: &mut Vec<Action>,
+    ) {
+        self.schedule_sweep(now);
+        let rules = &self.config.safety;
+        if let Some(c) = &mut self.cluster {
+            c.ops.push_back(Op::Report {
+                target: target.to_string(),
+                reporter: reporter.to_string(),
+                threshold: rules.report_threshold,
+                window_ms: rules.report_window.as_millis() as u64,
+                ban_ms: rules.ban_duration.as_millis() as u64,
+            });
+            return;
+        }
+        if let Some(ban) = self.ledger.report(now, rules, target, reporter) {
+            self.banned(now, ban, out);
+        }
+    }
+
+    /// A shadow ban was made (here, or by this worker's report in Redis): counted, logged,
+    /// and the address's searchers here move to the shadow pool.
+    pub(super) fn banned(&mut self, now: Instant, ban: Ban, out: &mut Vec<Action>) {
+        self.counters.shadow_bans += 1;
+        out.push(Action::Banned {
+            client: ban.client,
+            reports: ban.reports,
+            duration: ban.duration,
+        });
+        if self.cluster.is_some() {
+            return; // Redis's matcher moves them at their next match.
+        }
+        let searchers: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.client == ban.client && p.state == ChatState::Searching)
+            .map(|(&id, _)| id)
+            .collect();
+        for peer in searchers {
+            if let Some(m) = self.matchmaker.shadow(now, peer) {
+                self.start_chat(now, m, out);
+            }
+        }
+    }
+
+    /// Lifts the shadow bans a reload's `pardon` lists.
+    pub(super) fn apply_pardons(&mut self) {
+        let shorts = self.config.safety.pardon.clone();
+        if shorts.is_empty() {
+            return;
+        }
+        if let Some(c) = &mut self.cluster {
+            c.ops.push_back(Op::Pardon { shorts: shorts.clone() });
+        }
+        self.ledger.pardon(&shorts);
+    }
+
+    pub(super) fn schedule_sweep(&mut self, now: Instant) {
+        self.next_sweep.get_or_insert(now + SAFETY_SWEEP);
+    }
+
+    /// Forgets expired reports, bans, lines, blocks and last partners. Returns whether anything
+    /// is left to sweep later.
+    pub(super) fn sweep_safety(&mut self, now: Instant) -> bool {
+        self.ledger.sweep(now, &self.config.safety);
+        self.matchmaker.forget_apart(now);
+        self.recent.retain(|_, &mut (_, at)| now.saturating_duration_since(at) < AFTER_CHAT);
+        !(self.ledger.is_empty() && self.recent.is_empty() && !self.matchmaker.has_blocks())
+    }
+}
