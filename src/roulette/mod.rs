@@ -675,6 +675,7 @@ impl Roulette {
     /// old worker sent on).
     fn remote_left(
         &mut self,
+        at: Instant,
         to: PeerId,
         from: &str,
         reason: &str,
@@ -690,6 +691,7 @@ impl Roulette {
         p.state = ChatState::Idle;
         p.typing = false;
         self.pairs = self.pairs.saturating_sub(1);
+        self.remember_partners(at, to, proxy);
         if let Some(c) = &mut self.cluster {
             if is_remote(proxy) {
                 c.forget(proxy);
@@ -1135,7 +1137,7 @@ impl Roulette {
                     c.ops.push_back(Op::Forward { to: new.clone(), from, what });
                     return;
                 }
-                self.remote_left(to, &from, &reason, false, out);
+                self.remote_left(now, to, &from, &reason, false, out);
             }
             ClusterEvent::RemoteText { to, from, json } => {
                 if let Some((new, _)) = c.moved.get(&to).filter(|(_, t)| *t > now) {
@@ -1154,7 +1156,7 @@ impl Roulette {
                 // The sender may be a local peer whose line went to the old worker.
                 match what {
                     Forwarded::Text(json) => self.remote_text(to, &from, json, true, out),
-                    Forwarded::Left(reason) => self.remote_left(to, &from, &reason, true, out),
+                    Forwarded::Left(reason) => self.remote_left(now, to, &from, &reason, true, out),
                     Forwarded::End => self.release(to, out),
                     Forwarded::Rekey(new) => {
                         let event = ClusterEvent::Rekeyed { to, old: from, new };
@@ -1557,6 +1559,10 @@ impl Roulette {
             }
             return;
         };
+        let mut partner_client = None;
+        if let ChatState::Chatting(partner) = a.peer.state {
+            partner_client = self.client_of(partner).map(|h| h.to_string());
+        }
         let Some(c) = &mut self.cluster else { return };
         let mut partner_key = None;
         if let ChatState::Chatting(partner) = a.peer.state {
@@ -1566,6 +1572,8 @@ impl Roulette {
                 self.pairs = self.pairs.saturating_sub(1);
             } else {
                 let proxy = c.id_of(&new);
+                // Its address as the session had it (the new connection's may differ).
+                c.clients.insert(proxy, a.peer.client);
                 if let Some(q) = self.person_mut(partner) {
                     if q.state == ChatState::Chatting(old) {
                         q.state = ChatState::Chatting(proxy);
@@ -1578,6 +1586,7 @@ impl Roulette {
         let body = serde_json::json!({
             "state": state_name(a.peer.state),
             "partner": partner_key,
+            "partner_client": partner_client,
             "interests": a.interests,
             "kept": a.kept,
         })
@@ -1602,6 +1611,8 @@ impl Roulette {
         struct Body {
             state: String,
             partner: Option<String>,
+            #[serde(default)]
+            partner_client: Option<String>,
             #[serde(default)]
             interests: Vec<String>,
             #[serde(default)]
@@ -1630,6 +1641,12 @@ impl Roulette {
             .and_then(|id| c.moved.get(&id).map(|(key, _)| key.clone()));
         let partner = partner_moved.as_deref().or(partner);
         let partner_id = partner.map(|k| c.id_of(k));
+        let partner_client = b.partner_client.as_deref().and_then(AddrHash::parse);
+        if let (Some(id), Some(client)) = (partner_id, partner_client) {
+            if is_remote(id) {
+                c.clients.insert(id, client);
+            }
+        }
         // A partner here still knows the session by its old key.
         let old_proxy = c.remote_ids.get(old).copied();
         if !(waited && is_idle) {
@@ -3812,5 +3829,75 @@ mod tests {
         d.at(3.0);
         d.search(6);
         assert!(d.recv(6).iter().all(|v| v["type"] != "error"), "off again after a quiet second");
+    }
+
+    #[test]
+    fn in_a_cluster_reports_blocks_and_counts_go_to_redis_by_address() {
+        let now = Instant::now();
+        let mut r =
+            Roulette::clustered(quiet_config(), "a/0/1".into()).with_random(counting_random);
+        let (me, mine, theirs) =
+            (id(1), AddrHash::from_bytes([1; 16]), AddrHash::from_bytes([7; 16]));
+        let mut out = Vec::new();
+        r.handle_cluster_event(now, ClusterEvent::Up, &mut out);
+        r.handle_event(now, me, Event::Open { client: mine }, &mut out);
+        r.handle_event(now, me, Event::Text(r#"{"type":"search"}"#), &mut out);
+        let ops: Vec<Op> = std::iter::from_fn(|| r.poll_cluster_op()).collect();
+        assert!(ops.iter().any(|op| matches!(op, Op::Token { client, count: 1, fresh: true, .. }
+            if *client == mine.to_string())));
+        assert!(ops
+            .iter()
+            .any(|op| matches!(op, Op::Search { client, .. } if *client == mine.to_string())));
+        let matched = ClusterEvent::Matched {
+            peer: me,
+            partner: "b/0/2#7".into(),
+            waited: Duration::ZERO,
+            partner_waited: Duration::ZERO,
+            partner_client: theirs.to_string(),
+            common: vec![],
+        };
+        r.handle_cluster_event(now, matched, &mut out);
+        out.clear();
+        r.handle_event(now, me, Event::Text(r#"{"type":"report","reason":"abuse"}"#), &mut out);
+        assert_eq!(texts_sent(std::mem::take(&mut out)), [r#"{"type":"reported"}"#]);
+        let ops: Vec<Op> = std::iter::from_fn(|| r.poll_cluster_op()).collect();
+        let rules = Rules::default();
+        assert_eq!(
+            ops,
+            [
+                Op::Part { peer: me, partner: "b/0/2#7".into(), reason: Some("next") },
+                Op::Report {
+                    target: theirs.to_string(),
+                    reporter: mine.to_string(),
+                    threshold: rules.report_threshold,
+                    window_ms: rules.report_window.as_millis() as u64,
+                    ban_ms: rules.ban_duration.as_millis() as u64,
+                },
+            ]
+        );
+        // A block in the minute after the chat, about the same partner.
+        r.handle_event(now, me, Event::Text(r#"{"type":"block"}"#), &mut out);
+        let ops: Vec<Op> = std::iter::from_fn(|| r.poll_cluster_op()).collect();
+        let ms = rules.block_duration.as_millis() as u64;
+        assert_eq!(ops, [Op::Block { a: mine.to_string(), b: theirs.to_string(), ms }]);
+        // Redis says the report banned: counted and logged once, here.
+        r.handle_cluster_event(
+            now,
+            ClusterEvent::Banned { client: theirs.to_string(), reports: 3 },
+            &mut out,
+        );
+        assert!(out
+            .iter()
+            .any(|a| matches!(a, Action::Banned { client, reports: 3, .. } if *client == theirs)));
+        assert_eq!(r.counters.shadow_bans, 1);
+        // One connection too many across the cluster: closed with 1008.
+        out.clear();
+        r.handle_cluster_event(now, ClusterEvent::Crowded { peer: me, count: 9 }, &mut out);
+        assert!(out
+            .iter()
+            .any(|a| matches!(a, Action::Close { peer, code: 1008, .. } if *peer == me)));
+        r.handle_event(now, me, Event::Closed { dropped: false }, &mut out);
+        let ops: Vec<Op> = std::iter::from_fn(|| r.poll_cluster_op()).collect();
+        assert!(ops.contains(&Op::Count { client: mine.to_string(), count: 0 }), "{ops:?}");
     }
 }
