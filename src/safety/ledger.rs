@@ -131,9 +131,15 @@ pub struct Ban {
     pub duration: Duration,
 }
 
+/// Distinct long lines remembered per sending address, most recently sent first. A spammer's
+/// line is sent again in every chat and stays; a person's ordinary lines, each new, push each
+/// other out. So memory is bounded per address, however much it chats.
+pub const LINES_PER_ADDRESS: usize = 8;
+
 /// A line one address sent to several strangers.
 #[derive(Debug)]
 struct Line {
+    digest: u64,
     first: Instant,
     to: Vec<AddrHash>,
 }
@@ -145,8 +151,8 @@ pub struct Ledger {
     reports: HashMap<AddrHash, Vec<(AddrHash, Instant)>>,
     /// Shadow-banned address -> until.
     bans: HashMap<AddrHash, Instant>,
-    /// (sender, line digest) -> the strangers it went to.
-    lines: HashMap<(AddrHash, u64), Line>,
+    /// Sender -> its last [`LINES_PER_ADDRESS`] distinct long lines and whom each went to.
+    lines: HashMap<AddrHash, Vec<Line>>,
     /// Keys the line digests (per process, so a digest is not guessable from outside).
     hasher: std::collections::hash_map::RandomState,
 }
@@ -231,24 +237,34 @@ impl Ledger {
         for c in text.chars().flat_map(char::to_lowercase) {
             h.write_u32(c as u32);
         }
+        let digest = h.finish();
         let len = self.lines.len();
-        let line = match self.lines.entry((from, h.finish())) {
+        let recent = match self.lines.entry(from) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(_) if len >= MAX_ENTRIES => return None,
-            Entry::Vacant(e) => e.insert(Line { first: now, to: Vec::new() }),
+            Entry::Vacant(e) => e.insert(Vec::with_capacity(2)),
         };
+        // Most recent first: the line moves (or comes) to the front, the oldest falls out.
+        let mut line = match recent.iter().position(|l| l.digest == digest) {
+            Some(i) => recent.remove(i),
+            None => Line { digest, first: now, to: Vec::new() },
+        };
+        recent.truncate(LINES_PER_ADDRESS - 1);
         if now.saturating_duration_since(line.first) >= rules.spam_window {
-            *line = Line { first: now, to: Vec::new() };
+            line = Line { digest, first: now, to: Vec::new() };
         }
         if !line.to.contains(&to) {
             line.to.push(to);
         }
-        if line.to.len() < rules.spam_partners as usize {
-            return None;
-        }
-        let strangers = std::mem::take(&mut line.to);
-        line.first = now;
-        Some(strangers)
+        let spam = line.to.len() >= rules.spam_partners as usize;
+        let strangers = if spam {
+            line.first = now;
+            Some(std::mem::take(&mut line.to))
+        } else {
+            None
+        };
+        recent.insert(0, line);
+        strangers
     }
 
     /// Forgets what has expired. `O(entries)`; the roulette calls it every few seconds.
@@ -258,7 +274,10 @@ impl Ledger {
             !list.is_empty()
         });
         self.bans.retain(|_, &mut until| now < until);
-        self.lines.retain(|_, l| now.saturating_duration_since(l.first) < rules.spam_window);
+        self.lines.retain(|_, recent| {
+            recent.retain(|l| now.saturating_duration_since(l.first) < rules.spam_window);
+            !recent.is_empty()
+        });
     }
 
     /// Bans in force (for the metrics gauge).
@@ -352,6 +371,15 @@ mod tests {
         for n in 1..=10u8 {
             assert_eq!(l.line(t, &r, h(7), h(n), "hi, how are you"), None);
         }
+        // A line pushed out by eight newer ones starts over.
+        for n in 1..=4u8 {
+            assert_eq!(l.line(t, &r, h(4), h(n), ad), None);
+        }
+        for k in 0..LINES_PER_ADDRESS {
+            assert_eq!(l.line(t, &r, h(4), h(1), &format!("an ordinary line, number {k}")), None);
+        }
+        assert_eq!(l.lines[&h(4)].len(), LINES_PER_ADDRESS, "bounded per address");
+        assert_eq!(l.line(t, &r, h(4), h(5), ad), None);
         // A line spread over more than the window is not.
         for n in 1..=5u8 {
             let at = t + r.spam_window * u32::from(n);
