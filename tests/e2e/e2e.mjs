@@ -5,8 +5,10 @@
 //   CHATD_CONFIG  its config file (listen = "127.0.0.1:PORT")
 //   CHATD_URL     http://127.0.0.1:PORT/
 //   CHATD_PIDFILE where the server's pid is written, so that run.sh can always stop it
-// The test starts the server itself, because it stops and restarts it to see the page reconnect.
+// The test starts the server itself, because it stops and restarts it to see the page reconnect,
+// and later with other configs (proof of work, a ban list), written next to CHATD_CONFIG.
 import { spawn } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -34,8 +36,8 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 // ---- the server ------------------------------------------------------------------------------
 let server = null;
-async function startServer() {
-  const child = spawn(CHATD_BIN, ['--config', CHATD_CONFIG], { stdio: ['ignore', 'inherit', 'inherit'] });
+async function startServer(config = CHATD_CONFIG) {
+  const child = spawn(CHATD_BIN, ['--config', config], { stdio: ['ignore', 'inherit', 'inherit'] });
   if (CHATD_PIDFILE) fs.writeFileSync(CHATD_PIDFILE, `${child.pid}\n`);
   const exited = new Promise((r) => child.once('exit', (code, sig) => r({ code, sig })));
   exited.then(({ code, sig }) => {
@@ -69,6 +71,12 @@ async function stopServer(signal = 'SIGTERM') {
       await child.exited;
     }
   }
+}
+// CHATD_CONFIG with more lines in its [safety] table, as a new file beside it.
+function variant(name, lines) {
+  const file = path.join(path.dirname(CHATD_CONFIG), `${name}.toml`);
+  fs.writeFileSync(file, fs.readFileSync(CHATD_CONFIG, 'utf8').replace(/^\[safety\]$/m, `[safety]\n${lines}`));
+  return file;
 }
 process.on('exit', () => {
   if (server && server.exitCode === null) server.kill('SIGKILL');
@@ -129,12 +137,14 @@ function watch(page, name) {
   page.on('console', (m) => {
     if (m.type() !== 'error') return;
     const text = m.text();
-    if (outage && /WebSocket connection to .* failed/.test(text)) return;
+    // While the server is down, a socket that fails before it opens is expected, and so is the
+    // plain GET /ws the page then sends to tell a ban (403) apart.
+    if (outage && /WebSocket connection to .* failed|Failed to load resource/.test(text)) return;
     problems.push(`${name} console error during "${step}": ${text}`);
   });
   page.on('pageerror', (e) => problems.push(`${name} page error during "${step}": ${e.message}`));
   page.on('response', (r) => {
-    if (r.status() >= 400) problems.push(`${name}: HTTP ${r.status()} for ${r.url()}`);
+    if (r.status() >= 400 && !(outage && new URL(r.url()).pathname === '/ws')) problems.push(`${name}: HTTP ${r.status()} for ${r.url()}`);
   });
   page.on('requestfailed', (r) => {
     if (!outage) problems.push(`${name}: request failed ${r.url()}: ${r.failure()?.errorText}`);
@@ -185,6 +195,34 @@ async function waitSys(page, text, timeout = 5000) {
   }
   ok(true, `log shows ${JSON.stringify(text)}`);
 }
+// The first-visit rules notice: accepted once, before Start does anything.
+async function agree(page) {
+  await page.locator('#agree').click();
+  await page.locator('#rules').waitFor({ state: 'hidden' });
+}
+// Every JSON frame of every WebSocket of a page, sent and received, in order: [{dir, t, m}].
+function frames(page) {
+  const all = [];
+  const add = (dir) => (f) => {
+    try {
+      all.push({ dir, t: Date.now(), m: JSON.parse(f.payload) });
+    } catch {
+      /* not JSON */
+    }
+  };
+  page.on('websocket', (ws) => {
+    ws.on('framesent', add('sent'));
+    ws.on('framereceived', add('got'));
+  });
+  return all;
+}
+const sentOf = (all, type) => all.filter((f) => f.dir === 'sent' && f.m.type === type).map((f) => f.m);
+const gotOf = (all, type) => all.filter((f) => f.dir === 'got' && f.m.type === type).map((f) => f.m);
+// SHA-256(the challenge's 16 bytes ‖ the nonce) starts with `bits` zero bits (README, proof of work).
+function powValid(challenge, nonce, bits) {
+  const h = crypto.createHash('sha256').update(Buffer.from(challenge, 'hex')).update(nonce, 'utf8').digest();
+  return h.readUInt32BE(0) >>> 0 < 2 ** (32 - bits);
+}
 const texts = (page, who) => page.locator(`#log .msg.${who} .text`).allTextContents();
 const noXss = (page) => page.evaluate(() => window.__xss === undefined && !document.querySelector('#log img, #log script'));
 
@@ -216,7 +254,10 @@ async function resume(browser) {
       ws.on('framereceived', (f) => w.got.push(json(f)));
     });
     await Promise.all([a.goto(px.url), b.goto(CHATD_URL)]);
-    for (const p of [a, b]) await p.locator('#online').waitFor({ state: 'visible', timeout: 5000 });
+    for (const p of [a, b]) {
+      await p.locator('#online').waitFor({ state: 'visible', timeout: 5000 });
+      await agree(p);
+    }
     await a.locator('#start').click();
     await b.locator('#start').click();
     await waitStatus(a, /^Chatting/);
@@ -306,6 +347,254 @@ async function resume(browser) {
   }
 }
 
+// A page of its own: a fresh context (fresh storage), watched, its frames recorded.
+async function openPage(browser, name, url = CHATD_URL, opts = {}) {
+  const ctx = await browser.newContext({ viewport: { width: 375, height: 720 }, deviceScaleFactor: 2, colorScheme: 'light', ...opts });
+  const page = await ctx.newPage();
+  watch(page, name);
+  page.f = frames(page);
+  await page.goto(url);
+  await page.locator('#online').waitFor({ state: 'visible', timeout: 5000 });
+  await agree(page);
+  return page;
+}
+
+// Issue 13, items 1, 2 and 7: Report (a reason, then a skip) during a chat and within a minute
+// after one, and Block. All pages come from 127.0.0.1, and a block keeps that address from
+// meeting itself, so this runs last on this server.
+async function reportAndBlock(browser) {
+  step = 'report: pair';
+  const a = await openPage(browser, 'A');
+  const b = await openPage(browser, 'B', CHATD_URL, { viewport: { width: 1100, height: 760 }, deviceScaleFactor: 1, colorScheme: 'dark' });
+  const c = await openPage(browser, 'C');
+  try {
+    ok(await a.locator('#report').isHidden(), 'no Report button before a chat');
+    await a.locator('#start').click();
+    await b.locator('#start').click();
+    await waitStatus(a, /^Chatting/);
+    await waitStatus(b, /^Chatting/);
+    ok((await a.locator('#report').isVisible()) && (await a.locator('#block').isVisible()), 'Report and Block are offered in a chat');
+
+    step = 'report: the reason picker, by keyboard';
+    await a.locator('#report').focus();
+    await a.keyboard.press('Enter');
+    await a.locator('#why').waitFor({ state: 'visible' });
+    ok((await a.locator('#report').getAttribute('aria-expanded')) === 'true', 'Report says it is expanded');
+    ok((await a.evaluate(() => document.activeElement.value)) === 'spam', 'focus moves to the first reason');
+    ok((await a.locator('#why button[value]').allTextContents()).join('|') === 'Spam|Abuse|Underage|Other', 'the reasons are spam, abuse, underage, other');
+    await a.waitForTimeout(200);
+    await shot(a, '10-report-reasons');
+    await fits375(a, 'report reasons');
+    await a.keyboard.press('Escape');
+    ok(await a.locator('#why').isHidden(), 'Esc closes the reasons');
+    ok((await a.evaluate(() => document.activeElement.id)) === 'report', 'and focus goes back to Report');
+    ok(/^Chatting/.test(await status(a)) && /^Chatting/.test(await status(b)), 'Esc in the reasons does not skip');
+    ok(sentOf(a.f, 'report').length === 0, 'nothing was reported yet');
+    await a.keyboard.press('Enter');
+    await a.keyboard.press('Tab');
+    ok((await a.evaluate(() => document.activeElement.value)) === 'abuse', 'Tab moves to the next reason');
+    await a.keyboard.press('Enter');
+
+    step = 'report: during a chat';
+    await waitSys(a, 'You reported the stranger.');
+    await waitStatus(a, /^Looking for a stranger/);
+    await waitStatus(b, /^Stranger skipped/);
+    const sentA = a.f.filter((x) => x.dir === 'sent').map((x) => x.m.type);
+    ok(JSON.stringify(sentOf(a.f, 'report')) === '[{"type":"report","reason":"abuse"}]', 'A sent report with the reason abuse');
+    ok(sentA.lastIndexOf('search') > sentA.indexOf('report'), 'then A searched again');
+    await waitGot(a, 'searching', 1);
+    ok(gotOf(a.f, 'reported').length === 1, 'the server answered reported');
+    ok(gotOf(a.f, 'partner_left').length === 0, 'the reporter is not told partner_left');
+    ok(gotOf(b.f, 'partner_left').pop()?.reason === 'next', 'the reported stranger sees a skip (partner_left next)');
+    ok(!/report/i.test(await b.locator('#log').textContent()), 'and is never told of the report');
+    ok(await a.locator('#report').isHidden(), 'no Report button while searching');
+    await a.waitForTimeout(200);
+    await shot(a, '11-reported');
+
+    step = 'report: after the chat ended';
+    ok(await b.locator('#report').isVisible(), 'Report stays after the stranger left');
+    await b.locator('#report').click();
+    await b.locator('#why button[value="spam"]').click();
+    await waitSys(b, 'You reported the stranger.');
+    await waitStatus(b, /^Looking for a stranger/);
+    ok(JSON.stringify(sentOf(b.f, 'report')) === '[{"type":"report","reason":"spam"}]', 'B sent report with the reason spam');
+    await waitGot(b, 'reported', 1);
+    ok(gotOf(b.f, 'error').length === 0, 'the server took it without an error');
+
+    step = 'block';
+    await c.locator('#start').click();
+    await waitStatus(c, /^Chatting/, 15000);
+    let x = null; // the one C met
+    for (const end = Date.now() + 5000; !x && Date.now() < end; await sleep(50)) {
+      for (const p of [a, b]) if (/^Chatting/.test(await status(p))) x = p;
+    }
+    ok(x, 'C met A or B');
+    const other = x === a ? b : a; // still searching: C may meet it at once
+    await c.locator('#block').click();
+    await waitStatus(x, /^Stranger skipped/);
+    await waitGot(c, 'blocked', 1);
+    await waitGot(c, 'searching', 2);
+    await waitStatus(c, /^Looking for a stranger|^Chatting/);
+    ok(/You blocked the stranger; you will not meet again\./.test(await c.locator('#log').textContent()), 'C is told the stranger is blocked');
+    ok(sentOf(c.f, 'block').length === 1, 'C sent block');
+    ok(gotOf(x.f, 'partner_left').pop()?.reason === 'next', 'the blocked stranger sees a skip (partner_left next)');
+    const sentC = c.f.filter((f) => f.dir === 'sent').map((f) => f.m.type);
+    ok(sentC.lastIndexOf('search') > sentC.indexOf('block'), 'then C searched again');
+    if (/^Chatting/.test(await status(c))) await waitStatus(other, /^Chatting/); // C met the other one
+    await c.waitForTimeout(200);
+    await shot(c, '12-blocked');
+    await fits375(c, 'blocked');
+  } finally {
+    for (const p of [a, b, c]) await p.context().close();
+  }
+}
+
+// Waits until a page has received at least n messages of a type.
+async function waitGot(page, type, n, timeout = 5000) {
+  const end = Date.now() + timeout;
+  while (gotOf(page.f, type).length < n) {
+    if (Date.now() > end) throw new Error(`(${step}) never received ${n} ${type}; got ${JSON.stringify(page.f.map((f) => f.m.type))}`);
+    await sleep(50);
+  }
+  ok(true, `received ${type}`);
+}
+
+// Issue 13, item 6: with [safety] pow_bits = 16, every search carries a solved challenge. The
+// page solves each in pow.js as soon as it arrives, and solves again when the server refuses one.
+async function proofOfWork(browser) {
+  step = 'proof of work: restart with pow_bits = 16';
+  const BITS = 16;
+  await stopServer();
+  await startServer(variant('pow', `pow_bits = ${BITS}`));
+  // A's searches pass through a route that drops the first one's nonce and spoils the second's,
+  // to see the page answer pow_required and pow_invalid.
+  const ctxA = await browser.newContext({ viewport: { width: 375, height: 720 }, deviceScaleFactor: 2, colorScheme: 'light' });
+  const a = await ctxA.newPage();
+  watch(a, 'A');
+  const fa = [];
+  let searches = 0;
+  await a.routeWebSocket(/\/ws$/, (ws) => {
+    const server = ws.connectToServer();
+    ws.onMessage((text) => {
+      const m = JSON.parse(text);
+      fa.push({ dir: 'sent', t: Date.now(), m: { ...m } });
+      if (m.type === 'search') {
+        searches += 1;
+        if (searches === 1) delete m.pow;
+        if (searches === 2) m.pow = 'x';
+      }
+      server.send(JSON.stringify(m));
+    });
+    server.onMessage((text) => {
+      fa.push({ dir: 'got', t: Date.now(), m: JSON.parse(text) });
+      ws.send(text);
+    });
+  });
+  a.f = fa;
+  await a.goto(CHATD_URL);
+  await a.locator('#online').waitFor({ state: 'visible', timeout: 5000 });
+  await agree(a);
+  const b = await openPage(browser, 'B', CHATD_URL, { viewport: { width: 1100, height: 760 }, deviceScaleFactor: 1, colorScheme: 'dark' });
+  try {
+    const w = gotOf(fa, 'welcome')[0];
+    ok(/^[0-9a-f]{32}$/i.test(w?.pow?.challenge) && w.pow.bits === BITS, `welcome carries a challenge (${JSON.stringify(w?.pow)})`);
+
+    step = 'proof of work: refused, solved again, accepted';
+    await a.waitForTimeout(500); // time to solve the welcome's challenge
+    ok(a.workers().length === 1, "the page solves the welcome's challenge before Start is pressed");
+    // When Start was pressed, by the page's clock (the same clock as the route's, in this process).
+    await a.evaluate(() => document.getElementById('start').addEventListener('click', () => (window.__clickAt = Date.now()), true));
+    await a.locator('#start').click();
+    await waitStatus(a, /^Looking for/);
+    await waitGot(a, 'searching', 1, 10000);
+    const errs = gotOf(fa, 'error');
+    ok(errs.map((e) => e.code).join() === 'pow_required,pow_invalid', `the server refused the two spoiled searches (${JSON.stringify(errs)})`);
+    ok(errs.every((e) => /^[0-9a-f]{32}$/i.test(e.pow?.challenge)), 'each refusal carries a challenge');
+    const aSearches = sentOf(fa, 'search');
+    ok(aSearches.length === 3, `A searched three times (${JSON.stringify(aSearches)})`);
+    ok(powValid(errs[1].pow.challenge, aSearches[2].pow, BITS), "A's third search answers the last refusal's challenge");
+    ok((await a.locator('#note').textContent()) === '', 'the refusals are not shown to the person');
+    const firstSent = fa.find((f) => f.dir === 'sent' && f.m.type === 'search').t - (await a.evaluate(() => window.__clickAt));
+    console.log(`e2e: proof of work: from Start to the search on the wire: ${firstSent} ms (the challenge was solved before)`);
+
+    await b.locator('#start').click();
+    await waitStatus(a, /^Chatting/);
+    await waitStatus(b, /^Chatting/);
+    await a.locator('#input').fill('solved and matched');
+    await a.keyboard.press('Enter');
+    await waitLastText(b, 'them', 'solved and matched');
+    await b.locator('#input').fill('and chatting');
+    await b.keyboard.press('Enter');
+    await waitLastText(a, 'them', 'and chatting');
+
+    step = 'proof of work: a skip is a search too';
+    await b.locator('#input').focus();
+    await b.keyboard.press('Escape');
+    await b.keyboard.press('Escape');
+    await waitStatus(b, /^Looking for/);
+    await waitStatus(a, /^Stranger skipped/);
+    await waitGot(b, 'searching', 2);
+    // Each search answers the challenge that came before it: the welcome's, then the last searching's.
+    const challenges = b.f.filter((f) => f.dir === 'got' && (f.m.type === 'welcome' || f.m.type === 'searching')).map((f) => f.m.pow?.challenge);
+    const nonces = sentOf(b.f, 'search').map((m) => m.pow);
+    ok(nonces.length === 2 && nonces.every((n) => /^\d+$/.test(n)), `B's two searches carry decimal nonces (${nonces})`);
+    ok(nonces.every((n, i) => powValid(challenges[i], n, BITS)), "each of B's nonces solves its challenge with 16 zero bits");
+    ok(gotOf(b.f, 'error').length === 0, 'B was never refused');
+
+    step = 'proof of work: solve time';
+    const runs = await a.evaluate(async (bits) => {
+      const worker = new Worker('pow.js');
+      const out = [];
+      for (let i = 0; i < 20; i += 1) {
+        const c = [...crypto.getRandomValues(new Uint8Array(16))].map((x) => x.toString(16).padStart(2, '0')).join('');
+        const t = performance.now();
+        const n = await new Promise((r) => {
+          worker.onmessage = (e) => r(e.data.n);
+          worker.postMessage({ c, b: bits });
+        });
+        out.push({ c, n, ms: performance.now() - t });
+      }
+      worker.terminate();
+      return out;
+    }, BITS);
+    ok(runs.every((r) => powValid(r.c, r.n, BITS)), 'the worker solved 20 random challenges correctly');
+    const ms = runs.map((r) => r.ms).sort((x, y) => x - y);
+    const median = (ms[9] + ms[10]) / 2;
+    console.log(
+      `e2e: proof of work: median solve time at ${BITS} bits over ${ms.length} solves in Chromium: ${median.toFixed(1)} ms ` +
+        `(min ${ms[0].toFixed(1)}, max ${ms[ms.length - 1].toFixed(1)})`,
+    );
+  } finally {
+    await ctxA.close();
+    await b.context().close();
+  }
+}
+
+// Issue 13, item 5: an address on the ban list gets 403 at /ws, and the page says so and stops.
+async function banned(browser) {
+  step = 'banned: restart with a ban list';
+  await stopServer();
+  const list = path.join(path.dirname(CHATD_CONFIG), 'banned.txt');
+  fs.writeFileSync(list, '# every page of the test comes from here\n127.0.0.1\n');
+  await startServer(variant('ban', `ban_file = ${JSON.stringify(list)}`));
+  const ctx = await browser.newContext({ viewport: { width: 375, height: 720 }, deviceScaleFactor: 2, colorScheme: 'light' });
+  try {
+    const p = await ctx.newPage(); // not watched: the 403s are what this checks
+    let sockets = 0;
+    p.on('websocket', () => (sockets += 1));
+    await p.goto(CHATD_URL);
+    await waitStatus(p, /^chatd is not available to you\.$/);
+    ok(await p.locator('#start').isHidden(), 'nothing to start');
+    await p.waitForTimeout(3000);
+    ok(sockets === 1, `the page stopped after one refused WebSocket (${sockets})`);
+    ok(/not available/.test(await status(p)), 'and still says so');
+    await shot(p, '13-banned');
+    await fits375(p, 'banned');
+  } finally {
+    await ctx.close();
+  }
+}
+
 // ---- the test --------------------------------------------------------------------------------
 async function main() {
   fs.mkdirSync(SHOTS, { recursive: true });
@@ -320,7 +609,7 @@ async function main() {
   const csp = doc.headers.get('content-security-policy') || '';
   ok(/default-src 'none'/.test(csp) && /script-src 'self'/.test(csp), `the page is served with a strict CSP (${csp})`);
   let bytes = Buffer.byteLength(html);
-  for (const f of ['app.js', 'style.css', 'favicon.svg']) {
+  for (const f of ['app.js', 'pow.js', 'style.css', 'favicon.svg']) {
     const r = await fetch(new URL(f, CHATD_URL));
     ok(r.ok, `${f} is served`);
     bytes += (await r.arrayBuffer()).byteLength;
@@ -348,6 +637,7 @@ async function main() {
     const b = await ctxB.newPage();
     watch(a, 'A');
     watch(b, 'B');
+    const fa = frames(a);
 
     step = 'open';
     await Promise.all([a.goto(CHATD_URL), b.goto(CHATD_URL)]);
@@ -363,6 +653,21 @@ async function main() {
     await shot(a, '01-start');
     await shot(b, '01-start-desktop-dark');
     await fits375(a, 'start');
+
+    step = 'rules notice';
+    for (const p of [a, b]) ok(await p.locator('#rules').isVisible(), 'the rules are shown on the first visit');
+    const rules = await a.locator('#rules').textContent();
+    ok(
+      /18 or older/.test(rules) && /13 or older with a parent's permission/.test(rules) && /kind/.test(rules) && /report/.test(rules),
+      'the rules say 18+, or 13+ with a parent\'s permission, be kind, and that reports lead to bans',
+    );
+    await a.locator('#start').click();
+    await a.waitForTimeout(300);
+    ok(await a.evaluate(() => document.body.classList.contains('s-idle')), 'Start does not search before the rules are accepted');
+    ok(sentOf(fa, 'search').length === 0, 'no search was sent before the rules are accepted');
+    ok((await a.evaluate(() => document.activeElement.id)) === 'agree', 'Start moves focus to "I agree" instead');
+    await agree(a);
+    ok((await a.evaluate(() => document.activeElement.id)) === 'start', 'after "I agree" focus is on Start');
 
     step = 'keyboard focus is visible';
     await a.locator('body').focus();
@@ -399,11 +704,18 @@ async function main() {
     await a.reload();
     await a.locator('#online').waitFor({ state: 'visible', timeout: 5000 });
     ok((await a.locator('#interests').inputValue()) === 'Music, chess', 'interests field restored from localStorage after reload');
+    ok(await a.locator('#rules').isHidden(), 'the rules are not shown again after a reload');
 
     step = 'pairing';
     await a.locator('#start').click();
     await waitStatus(a, /Looking for/);
-    // B uses only the keyboard: Tab to the interests field, type, Enter submits.
+    // B uses only the keyboard: Tab to "I agree" and Enter, Tab to the interests field, type, Enter submits.
+    await b.locator('body').focus();
+    for (let i = 0; i < 8 && (await b.evaluate(() => document.activeElement.id)) !== 'agree'; i += 1) await b.keyboard.press('Tab');
+    ok((await b.evaluate(() => document.activeElement.id)) === 'agree', '"I agree" is reachable with Tab');
+    await b.keyboard.press('Enter');
+    await b.locator('#rules').waitFor({ state: 'hidden' });
+    ok((await b.evaluate(() => document.activeElement.id)) === 'start', 'Enter on "I agree" accepts the rules');
     await b.locator('body').focus();
     for (let i = 0; i < 8; i += 1) {
       await b.keyboard.press('Tab');
@@ -555,6 +867,9 @@ async function main() {
     await ctxB.close();
 
     await resume(browser);
+    await reportAndBlock(browser);
+    await proofOfWork(browser);
+    await banned(browser);
   } finally {
     await browser.close();
   }

@@ -3,7 +3,9 @@
 #
 # Installs what is missing (Debian's chromium, playwright-core from package-lock.json), builds
 # chatd in release mode, runs it on a free 127.0.0.1 port with a temporary config, drives two
-# browser pages against it, and writes a screenshot of each state to reports/screenshots/.
+# browser pages against it, and writes a screenshot of each state to reports/screenshots/. For its
+# last parts e2e.mjs restarts chatd with variants of that config beside it (proof of work on, then
+# a ban list naming 127.0.0.1), and prints the median proof-of-work solve time it measured.
 # Exits non-zero on any failure; nothing is skipped.
 #
 # CHATD_BIN=/path/to/chatd skips the build and tests that binary instead.
