@@ -4,17 +4,24 @@
 mod util;
 
 use std::{
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     thread,
     time::{Duration, Instant},
 };
 
 use serde_json::json;
-use util::{message, redis::RedisServer, Chat, Server};
+use tungstenite::{Message, WebSocket};
+use util::{connect_from, eventually, message, redis::RedisServer, Chat, Server, TempDir};
 
 /// A node of the cluster named `name` on `redis`, with `extra` settings.
 fn node(redis: &RedisServer, name: &str, extra: &str) -> Server {
+    node_with(redis, name, extra, "max_connections_per_address = 0\naddress_search_burst = 0")
+}
+
+/// A node with `chat` settings in `[chat]` and `safety` settings in `[safety]`.
+fn node_with(redis: &RedisServer, name: &str, chat: &str, safety: &str) -> Server {
     Server::start(&format!(
-        "[chat]\nonline_interval = \"100ms\"\n{extra}\n[safety]\nmax_connections_per_address = 0\naddress_search_burst = 0\n[cluster]\nredis = \"{}\"\nnode = \"{name}\"\n",
+        "[chat]\nonline_interval = \"100ms\"\n{chat}\n[safety]\n{safety}\n[cluster]\nredis = \"{}\"\nnode = \"{name}\"\n",
         redis.url()
     ))
 }
@@ -557,4 +564,241 @@ fn seeded_random_crowd_on_two_nodes_keeps_the_rules() {
         assert!(seen.0 >= 20 && seen.1 >= 15, "seed {seed}: only {seen:?} matches and lines");
         assert!(resumes >= 3, "seed {seed}: only {resumes} resumes");
     }
+}
+
+// ---- Trust and safety across nodes (issue 13, item 8) ----
+
+/// Two nodes on one Redis sharing one `address_key_file` (so an address has one hash on
+/// both), with `chat` and `safety` settings; both linked. The folder holds the key.
+fn two_safe_nodes(chat: &str, safety: &str) -> (RedisServer, TempDir, Server, Server) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("key");
+    let key = dir.write("address.key", "0123456789abcdef0123456789abcdef\n");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
+    let safety = format!("address_key_file = \"{}\"\n{safety}", key.display());
+    let redis = RedisServer::start();
+    let a = node_with(&redis, "a", chat, &safety);
+    let b = node_with(&redis, "b", chat, &safety);
+    await_health(&a, 200);
+    await_health(&b, 200);
+    (redis, dir, a, b)
+}
+
+fn ip(last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, last)
+}
+
+/// A WebSocket upgrade from `from`: the socket, or the refusal's status code.
+fn upgrade_from(from: Ipv4Addr, server: &Server) -> Result<WebSocket<TcpStream>, u16> {
+    let SocketAddr::V4(to) = server.addr() else { panic!("an IPv4 server") };
+    match tungstenite::client(format!("ws://{}/ws", server.addr()), connect_from(from, to)) {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
+            Err(r.status().as_u16())
+        }
+        Err(e) => panic!("upgrade from {from}: {e}"),
+    }
+}
+
+/// A chat client from `from`, its welcome read.
+fn chat_from(from: Ipv4Addr, server: &Server) -> Chat {
+    let ws = upgrade_from(from, server).expect("upgrade");
+    ws.get_ref().set_nodelay(true).expect("TCP_NODELAY");
+    let mut c = Chat { ws, welcome: serde_json::Value::Null };
+    c.welcome = c.recv_any();
+    assert_eq!(c.welcome["type"], "welcome", "{}", c.welcome);
+    c
+}
+
+/// `first` searches, then `second`: they meet.
+fn meet(first: &mut Chat, second: &mut Chat) {
+    search(first, &[]);
+    search(second, &[]);
+    expect_pair(first, second, json!([]));
+}
+
+/// `c` reports its partner (or last partner) and is told `reported`.
+fn report(c: &mut Chat, reason: &str) {
+    c.send(json!({"type": "report", "reason": reason}));
+    c.expect(json!({"type": "reported"}));
+}
+
+fn partner_left(c: &mut Chat, reason: &str) {
+    c.expect(json!({"type": "partner_left", "reason": reason}));
+}
+
+/// Three reporters each chat with `target` and report it: the first during the chat, the
+/// second after leaving it, the third after the target left.
+fn report_three_times(target: &mut Chat, reporters: &mut [Chat]) {
+    let [r1, r2, r3] = reporters else { panic!("three reporters") };
+    meet(target, r1);
+    report(r1, "spam");
+    partner_left(target, "next");
+    meet(target, r2);
+    r2.send(json!({"type": "leave"}));
+    partner_left(target, "left");
+    report(r2, "abuse");
+    meet(target, r3);
+    target.send(json!({"type": "leave"}));
+    partner_left(r3, "left");
+    report(r3, "other");
+}
+
+/// The keys of Redis matching `pattern`, each with its time to live in ms.
+fn keys_with_ttl(redis: &RedisServer, pattern: &str) -> Vec<(String, i64)> {
+    let keys = redis.cli(&["--scan", "--pattern", pattern]);
+    keys.lines()
+        .filter(|k| !k.is_empty())
+        .map(|k| {
+            let ttl = redis.cli(&["PTTL", k]).parse().expect("PTTL is a number");
+            (k.to_owned(), ttl)
+        })
+        .collect()
+}
+
+fn shadow_bans(nodes: &[&Server]) -> f64 {
+    nodes.iter().map(|n| n.metrics()["chatd_shadow_bans_total"]).sum()
+}
+
+#[test]
+fn a_shadow_ban_made_on_one_node_holds_on_the_other() {
+    let (redis, _key, a, b) = two_safe_nodes("rematch_cooldown = \"10ms\"", "");
+    // The target chats on node A with reporters on both nodes (one across nodes).
+    let mut target = chat_from(ip(9), &a);
+    let mut reporters = vec![chat_from(ip(2), &a), chat_from(ip(3), &b), chat_from(ip(4), &a)];
+    report_three_times(&mut target, &mut reporters);
+    eventually("the ban", || shadow_bans(&[&a, &b]) == 1.0);
+    assert_eq!(a.metrics()["chatd_shadow_bans_total"], 1.0, "the node of the third report");
+    assert!(a.stderr().contains("shadow ban"), "{}", a.stderr());
+    // In Redis: one ban, with its TTL (ban_duration, 24 h), under a hash, not the address.
+    let bans = keys_with_ttl(&redis, "*:ban:*");
+    assert_eq!(bans.len(), 1, "{bans:?}");
+    assert!(bans[0].1 > 23 * 3600 * 1000 && bans[0].1 <= 24 * 3600 * 1000, "{bans:?}");
+    assert!(!bans[0].0.contains("127.0.0"), "{bans:?}");
+    drop(target);
+
+    // A second address, on node B, reported from both nodes.
+    let mut other_banned = chat_from(ip(10), &b);
+    report_three_times(&mut other_banned, &mut reporters);
+    eventually("the second ban", || shadow_bans(&[&a, &b]) == 2.0);
+    assert_eq!(keys_with_ttl(&redis, "*:ban:*").len(), 2);
+
+    // The target comes back on node B and searches first; a normal person on B does not get
+    // it, and a normal person on A takes the normal one, not the target.
+    let mut target = chat_from(ip(9), &b);
+    search(&mut target, &[]);
+    let mut normal_b = chat_from(ip(5), &b);
+    search(&mut normal_b, &[]);
+    target.expect_silence(300);
+    normal_b.expect_silence(0);
+    let mut normal_a = chat_from(ip(6), &a);
+    search(&mut normal_a, &[]);
+    expect_pair(&mut normal_b, &mut normal_a, json!([]));
+    target.expect_silence(200);
+    // The other banned address does get it.
+    search(&mut other_banned, &[]);
+    expect_pair(&mut target, &mut other_banned, json!([]));
+    other_banned.say("banned together");
+    target.expect(message("banned together"));
+    for node in [&a, &b] {
+        assert!(!node.stderr().contains("127.0.0.9"), "{}", node.stderr());
+    }
+}
+
+#[test]
+fn a_block_made_on_one_node_keeps_the_pair_apart_on_the_other() {
+    let (redis, _key, a, b) = two_safe_nodes("rematch_cooldown = \"10ms\"", "");
+    let mut x = chat_from(ip(2), &a);
+    let mut y = chat_from(ip(3), &a);
+    meet(&mut x, &mut y);
+    x.send(json!({"type": "block"}));
+    x.expect(json!({"type": "blocked"}));
+    partner_left(&mut y, "next");
+    assert_eq!(a.metrics()["chatd_blocks_total"], 1.0);
+    // In Redis (where the node sends it after answering `blocked`), for block_duration (24 h).
+    let mut blocks = Vec::new();
+    eventually("the block in Redis", || {
+        blocks = keys_with_ttl(&redis, "*:blk:*");
+        !blocks.is_empty()
+    });
+    assert_eq!(blocks.len(), 1, "{blocks:?}");
+    assert!(blocks[0].1 > 23 * 3600 * 1000, "{blocks:?}");
+    assert!(!blocks[0].0.contains("127.0.0"), "{blocks:?}");
+    // Both come back on node B (new connections: no rematch cooldown between them) and search.
+    let mut x2 = chat_from(ip(2), &b);
+    let mut y2 = chat_from(ip(3), &b);
+    search(&mut x2, &[]);
+    search(&mut y2, &[]);
+    x2.expect_silence(400);
+    y2.expect_silence(0);
+    // A third person, on A, meets the one who waited longest; the other still waits.
+    let mut z = chat_from(ip(4), &a);
+    search(&mut z, &[]);
+    expect_pair(&mut x2, &mut z, json!([]));
+    y2.expect_silence(200);
+    let mut w = chat_from(ip(5), &b);
+    search(&mut w, &[]);
+    expect_pair(&mut y2, &mut w, json!([]));
+    assert_eq!(b.metrics()["chatd_blocks_total"], 0.0);
+}
+
+/// What a fresh connection from `from` to `server` sees in its first `ms`: `Ok` with the chat
+/// if it stays open, `Err` with the close code and reason if the server closes it.
+fn stays_open(from: Ipv4Addr, server: &Server, ms: u64) -> Result<Chat, (u16, String)> {
+    let mut c = chat_from(from, server);
+    let deadline = Instant::now() + Duration::from_millis(ms);
+    while let Some(m) = c.read_until(deadline) {
+        match m {
+            Message::Close(Some(f)) => return Err((u16::from(f.code), f.reason.into_owned())),
+            Message::Close(None) => return Err((0, String::new())),
+            Message::Text(t) => assert!(t.contains("\"online\""), "unexpected {t}"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    Ok(c)
+}
+
+#[test]
+fn connections_per_address_are_counted_across_nodes() {
+    let (redis, _key, a, b) = two_safe_nodes("", "max_connections_per_address = 2");
+    let mut held = vec![chat_from(ip(7), &a), chat_from(ip(7), &a)];
+    // Node A tells Redis after the welcome: wait until the count is there.
+    eventually("the count in Redis", || connections_in_redis(&redis) == 2);
+    // On one node, the cap refuses the upgrade.
+    assert_eq!(upgrade_from(ip(7), &a).err(), Some(429));
+    // On the other, the connection opens and is closed right after its welcome.
+    let crowded = (1008, "too many connections from your address".to_owned());
+    assert_eq!(stays_open(ip(7), &b, 2000).err(), Some(crowded.clone()));
+    // Another address is another person.
+    let _other = stays_open(ip(8), &b, 300).expect("another address stays");
+    // One of the two closes: a place frees up on node B.
+    let mut first = held.remove(0);
+    first.ws.close(None).expect("close");
+    while first.ws.read().is_ok() {}
+    let mut on_b = None;
+    eventually("the freed place to count on node B", || {
+        on_b = stays_open(ip(7), &b, 300).ok();
+        on_b.is_some()
+    });
+    // Two again (one on each node; .8 holds one more): a third is closed wherever it comes.
+    eventually("the counts in Redis", || connections_in_redis(&redis) == 3);
+    assert_eq!(stays_open(ip(7), &b, 2000).err(), Some(crowded.clone()));
+    assert_eq!(stays_open(ip(7), &a, 2000).err(), Some(crowded));
+    // The two kept, one on each node, were never closed.
+    let mut kept = on_b.expect("kept");
+    search(&mut kept, &[]);
+    search(&mut held[0], &[]);
+    expect_pair(&mut kept, &mut held[0], json!([]));
+}
+
+/// Connections of every address on every node, as Redis counts them.
+fn connections_in_redis(redis: &RedisServer) -> u64 {
+    let keys = redis.cli(&["--scan", "--pattern", "*:ac:*"]);
+    keys.lines()
+        .filter(|k| !k.is_empty())
+        .flat_map(|k| {
+            let fields = redis.cli(&["HVALS", k]);
+            fields.lines().map(|v| v.parse::<u64>().expect("a count")).collect::<Vec<_>>()
+        })
+        .sum()
 }
