@@ -196,7 +196,9 @@ impl RedisServer {
                 self.child = None;
                 return Err(format!("exited with {status}:\n{}", self.log()));
             }
-            if answers_ping(self.port) {
+            // Our own server's log must say it listens: another test's server may have taken
+            // the same free port a moment earlier, and it would answer the PING for ours.
+            if answers_ping(self.port) && self.log().contains("Ready to accept connections") {
                 return Ok(());
             }
             if Instant::now() >= deadline {
