@@ -213,15 +213,16 @@ impl Matchmaker {
         self.place(now, peer, w)
     }
 
-    /// Moves a waiting `peer` into the shadow pool (it was just shadow-banned), keeping its
-    /// place, and returns the match if a shadow-banned stranger is waiting.
-    pub fn shadow(&mut self, now: Instant, peer: PeerId) -> Option<Match> {
+    /// Moves a waiting `peer` into the shadow pool (it was just shadow-banned) or out of it (its
+    /// ban was lifted), keeping its place, and returns the match if someone in its new pool is
+    /// waiting for it.
+    pub fn set_pool(&mut self, now: Instant, peer: PeerId, shadow: bool) -> Option<Match> {
         let mut w = self.remove(peer)?;
-        if w.who.shadow {
+        if w.who.shadow == shadow {
             self.insert(peer, w);
             return None;
         }
-        w.who.shadow = true;
+        w.who.shadow = shadow;
         w.blocked_since = None;
         self.place(now, peer, w)
     }
@@ -1037,8 +1038,13 @@ mod tests {
         assert_eq!(pair(&m), Some((p(2), p(3))));
         // A waiter banned while it waits moves over, keeping its place.
         assert_eq!(mm.handle_search_as(t.0, p(4), int(&[]), as_client(4, true)), None);
-        assert_eq!(pair(&mm.shadow(t.0, p(1))), Some((p(4), p(1))));
+        assert_eq!(pair(&mm.set_pool(t.0, p(1), true)), Some((p(4), p(1))));
         assert!(mm.is_empty());
+        check(&mm);
+        // And back, when a ban is lifted.
+        assert_eq!(mm.handle_search_as(t.0, p(5), int(&[]), as_client(5, false)), None);
+        assert_eq!(mm.handle_search_as(t.0, p(6), int(&[]), as_client(6, true)), None);
+        assert_eq!(pair(&mm.set_pool(t.0, p(6), false)), Some((p(5), p(6))));
         check(&mm);
     }
 

@@ -443,6 +443,8 @@ pub struct Roulette {
     search_rate: safety::SearchRate,
     /// Connections here per client address (in a cluster, Redis sums them across workers).
     local_clients: HashMap<AddrHash, u32>,
+    /// Addresses whose ban a reload lifted, whose waiting searchers go back to everyone.
+    pardoned: Vec<AddrHash>,
 }
 
 /// Proxy ids of partners on other workers carry this worker number (local workers are
@@ -564,6 +566,7 @@ impl Roulette {
             recent: HashMap::new(),
             search_rate: safety::SearchRate::default(),
             local_clients: HashMap::new(),
+            pardoned: Vec::new(),
         }
     }
 
@@ -1816,13 +1819,17 @@ impl App for Roulette {
             c.resuming.values().chain(c.held.values().map(|(t, _)| t)).min().copied()
         });
         let away = self.away_wakes.first().map(|&(t, _)| t);
+        // Pardons are applied at once: the first instant this roulette saw is in the past.
+        let pardons = self.epoch.filter(|_| !self.pardoned.is_empty());
         [self.online_due(), self.matchmaker.poll_timeout(), wake, resume, away, self.next_sweep]
             .into_iter()
+            .chain([pardons])
             .flatten()
             .min()
     }
 
     fn handle_timeout(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.release_pardoned(now, out);
         if self.next_sweep.is_some_and(|t| t <= now) {
             // Budgets that have refilled say nothing a fresh one would not: forget them.
             let now_ms = self.millis(now);
@@ -3899,5 +3906,24 @@ mod tests {
         r.handle_event(now, me, Event::Closed { dropped: false }, &mut out);
         let ops: Vec<Op> = std::iter::from_fn(|| r.poll_cluster_op()).collect();
         assert!(ops.contains(&Op::Count { client: mine.to_string(), count: 0 }), "{ops:?}");
+    }
+
+    #[test]
+    fn a_pardon_puts_a_waiting_searcher_back_with_everyone() {
+        let mut d = Driver::new();
+        for n in 3..=4 {
+            d.join(n);
+        }
+        let banned = AddrHash::from_bytes([3; 16]);
+        d.app.ledger.ban(d.now, banned, Duration::from_secs(600));
+        d.search(3);
+        d.search(4);
+        assert_eq!(d.partner_of(4), None, "apart while 3 is banned");
+        let mut config = quiet_config();
+        config.safety.pardon = vec![banned.short()];
+        d.app.reconfigure(config);
+        d.run_timers();
+        assert_eq!(d.partner_of(3), Some(id(4)));
+        assert!(!d.app.ledger.is_banned(d.now, banned));
     }
 }

@@ -273,16 +273,35 @@ impl Roulette {
         if self.cluster.is_some() {
             return; // Redis's matcher moves them at their next match.
         }
+        self.move_searchers(now, ban.client, true, out);
+    }
+
+    /// Moves `client`'s waiting searchers here into the shadow pool or out of it.
+    fn move_searchers(
+        &mut self,
+        now: Instant,
+        client: AddrHash,
+        shadow: bool,
+        out: &mut Vec<Action>,
+    ) {
         let searchers: Vec<PeerId> = self
             .peers
             .iter()
-            .filter(|(_, p)| p.client == ban.client && p.state == ChatState::Searching)
+            .filter(|(_, p)| p.client == client && p.state == ChatState::Searching)
             .map(|(&id, _)| id)
             .collect();
         for peer in searchers {
-            if let Some(m) = self.matchmaker.shadow(now, peer) {
+            if let Some(m) = self.matchmaker.set_pool(now, peer, shadow) {
                 self.start_chat(now, m, out);
             }
+        }
+    }
+
+    /// Searchers whose ban a reload lifted go back to everyone (at the next timeout: a reload
+    /// brings no clock).
+    pub(super) fn release_pardoned(&mut self, now: Instant, out: &mut Vec<Action>) {
+        for client in std::mem::take(&mut self.pardoned) {
+            self.move_searchers(now, client, false, out);
         }
     }
 
@@ -293,9 +312,13 @@ impl Roulette {
             return;
         }
         if let Some(c) = &mut self.cluster {
+            // Redis's matcher puts a pardoned waiter back from its next search.
             c.ops.push_back(Op::Pardon { shorts: shorts.clone() });
         }
-        self.ledger.pardon(&shorts);
+        let lifted = self.ledger.pardon(&shorts);
+        if self.cluster.is_none() {
+            self.pardoned.extend(lifted);
+        }
     }
 
     pub(super) fn schedule_sweep(&mut self, now: Instant) {
