@@ -330,6 +330,12 @@ for g in chat-a chat-b; do
     check "$g: the password file is chatd's, mode 600" \
         [ "$(G "$g" stat -c '%U %a' /etc/chatd/redis.password)" = "chatd 600" ]
     check "$g: the password is in no URL" bash -c "! grep -q \"\$(cat '$RUN/credentials/redis-chatd.password')\" '$RUN/$g/etc/chatd/chatd.toml'"
+    check "$g: the address key is chatd's, mode 600, the controller's generated one" \
+        [ "$(G "$g" stat -c '%U %a' /etc/chatd/address.key)" = "chatd 600" ]
+    [ "$(cat "$RUN/credentials/chatd-address.key")" = "$(cat "$RUN/$g/etc/chatd/address.key")" ] ||
+        die "$g: /etc/chatd/address.key is not credentials/chatd-address.key"
+    grep -qx 'address_key_file = "/etc/chatd/address.key"' "$RUN/$g/etc/chatd/chatd.toml" ||
+        die "$g: chatd.toml does not name the address key"
     for _ in $(seq 50); do [ "$(metric "$g" chatd_cluster_link_up)" = 1 ] && break; sleep 0.2; done
     check "$g: chatd_cluster_link_up is 1" [ "$(metric "$g" chatd_cluster_link_up)" = 1 ]
 done
