@@ -20,14 +20,17 @@
 --   B:ac:<address>     hash worker -> that address's connections there (live workers count)
 --   B:rep:<address>    zset reporter address -> when (ms): reports within the window
 --   B:ban:<address>    string (reports), with a TTL: a shadow ban
+--   B:bshort:<8 hex>   set of banned addresses with that short form (what logs show), for a
+--                      pardon; its TTL is the longest ban's
 --   B:blk:<a>|<b>      string, with a TTL: two addresses (a < b) that are never paired
 -- Addresses are keyed hashes (32 hex digits) made by the workers; no address is stored.
 -- Peers are "WORKER#ID"; WORKER is "node/index/pid". A worker's channel is
 -- "PREFIX:ch:WORKER" (ARGV[3] is "PREFIX:ch:"). Message text never passes through here.
 --
--- Records published to a worker's channel: "M <to-id> <from-key> <waited-ms>\n<i1>\n<i2>..."
--- (matched) and "L <to-id> <from-key> <reason>" (partner left), each framed as
--- "<len>:<record>" so that a channel message may carry several. Resuming adds
+-- Records published to a worker's channel: "M <to-id> <from-key> <waited-ms> <address>\n<i1>
+-- \n<i2>..." (matched, with the searcher's address hash) and "L <to-id> <from-key> <reason>"
+-- (partner left), each framed as "<len>:<record>" so that a channel message may carry several.
+-- Resuming adds
 -- "X <old-id> <new-key>" (take over), "H <new-id> <old-key> <partner-key>\n<json>" (handed over) and
 -- "R <partner-id> <old-key> <new-key>" (your partner moved); "F <id> <key>" (refused) and the
 -- lines themselves come from the workers.
@@ -284,6 +287,7 @@ elseif op == 'count' then
   local ac = B .. ':ac:' .. ARGV[5]
   if tonumber(ARGV[6]) > 0 then
     redis.call('HSET', ac, ARGV[4], ARGV[6])
+    redis.call('EXPIRE', ac, 86400)
   else
     redis.call('HDEL', ac, ARGV[4])
   end
@@ -302,25 +306,24 @@ elseif op == 'report' then
   if n < threshold then return 0 end
   redis.call('DEL', rk)
   redis.call('SET', B .. ':ban:' .. target, n, 'PX', ban)
+  local short = B .. ':bshort:' .. string.sub(target, 1, 8)
+  redis.call('SADD', short, target)
+  if redis.call('PTTL', short) < ban then redis.call('PEXPIRE', short, ban) end
   return n
 elseif op == 'block' then
   -- ARGV: op, B, CH, address, address, ms
   redis.call('SET', B .. ':blk:' .. pair_key(ARGV[4], ARGV[5]), 1, 'PX', tonumber(ARGV[6]))
   return 1
 elseif op == 'pardon' then
-  -- ARGV: op, B, CH, short hashes (8 hex digits each): their shadow bans and reports go.
+  -- ARGV: op, B, CH, short hashes (8 hex digits each, as logged): their shadow bans and
+  -- reports go. Every worker sends it on reload; the second time finds nothing.
   local lifted = 0
   for i = 4, #ARGV do
-    if string.match(ARGV[i], '^%x%x%x%x%x%x%x%x$') then
-      for _, kind in ipairs({':ban:', ':rep:'}) do
-        local cursor = '0'
-        repeat
-          local r = redis.call('SCAN', cursor, 'MATCH', B .. kind .. ARGV[i] .. '*', 'COUNT', 1000)
-          cursor = r[1]
-          for _, key in ipairs(r[2]) do lifted = lifted + redis.call('DEL', key) end
-        until cursor == '0'
-      end
+    local short = B .. ':bshort:' .. ARGV[i]
+    for _, address in ipairs(redis.call('SMEMBERS', short)) do
+      lifted = lifted + redis.call('DEL', B .. ':ban:' .. address, B .. ':rep:' .. address)
     end
+    redis.call('DEL', short)
   end
   return lifted
 elseif op == 'untoken' then

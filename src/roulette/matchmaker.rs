@@ -201,11 +201,19 @@ impl Matchmaker {
         self.remove(peer).map(Parked)
     }
 
-    /// Puts a parked searcher back in its old place under its new id (the resumed connection)
-    /// and returns the match if someone compatible arrived meanwhile.
-    pub fn unpark(&mut self, now: Instant, peer: PeerId, parked: Parked) -> Option<Match> {
+    /// Puts a parked searcher back in its old place under its new id (the resumed connection),
+    /// as `who` is now (a ban may have come or gone meanwhile), and returns the match if
+    /// someone compatible arrived meanwhile.
+    pub fn unpark(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        parked: Parked,
+        who: Searcher,
+    ) -> Option<Match> {
         self.prune(now);
         let mut w = parked.0;
+        w.who = who;
         if !w.is_open && self.deadline(&w).is_some_and(|d| now >= d) {
             w.is_open = true;
         }
@@ -361,8 +369,9 @@ impl Matchmaker {
     }
 
     /// The oldest entry of `queue` that is neither `peer`, nor in cooldown with `peer`, nor
-    /// kept apart from `peer`'s address by a block. Blocks are not retried: they outlast any
-    /// wait, and the blocked pair's number is bounded by how often one person can chat.
+    /// kept apart from `peer`'s address by a block. A block sets no timer (it usually outlasts
+    /// any wait; the next search or timeout sees that it ended), and the blocked pairs one
+    /// searcher steps over are bounded by how often one person can chat.
     fn first_eligible(
         &self,
         now: Instant,

@@ -436,7 +436,7 @@ pub struct Roulette {
     /// Reports, shadow bans and repeated lines by address.
     ledger: Ledger,
     /// Each connection's proof-of-work challenge, while the proof of work is on.
-    challenges: HashMap<PeerId, [u8; 16]>,
+    challenges: HashMap<PeerId, protocol::PowChallenge>,
     /// Each person's last partner's address and when that chat ended (report, block after).
     recent: HashMap<PeerId, (AddrHash, Instant)>,
     /// Searches per second, for `pow_bits = "auto"`.
@@ -483,7 +483,14 @@ struct Cluster {
     held: HashMap<PeerId, (Instant, Vec<String>)>,
     /// The addresses of partners on other workers, by proxy id (for report and block).
     clients: HashMap<PeerId, AddrHash>,
+    /// Reports, blocks and pardons made while the link was down, sent when it is up again (at
+    /// most [`MAX_OFFLINE_OPS`]), and the connection counts that changed meanwhile.
+    offline: Vec<Op>,
+    offline_counts: HashMap<String, u32>,
 }
+
+/// Safety operations kept while the link to Redis is down.
+const MAX_OFFLINE_OPS: usize = 10_000;
 
 impl Cluster {
     fn key(&self, peer: PeerId) -> String {
@@ -527,6 +534,18 @@ impl Cluster {
         self.clients.remove(&proxy);
         if let Some(key) = self.remote_keys.remove(&proxy) {
             self.remote_ids.remove(&key);
+        }
+    }
+
+    /// A report, block, pardon or count for Redis: now, or when the link is up again.
+    fn safety_op(&mut self, op: Op) {
+        match op {
+            op if self.up => self.ops.push_back(op),
+            Op::Count { client, count } => {
+                self.offline_counts.insert(client, count);
+            }
+            op if self.offline.len() < MAX_OFFLINE_OPS => self.offline.push(op),
+            _ => {}
         }
     }
 
@@ -592,6 +611,8 @@ impl Roulette {
             crowd: None,
             resuming: HashMap::new(),
             clients: HashMap::new(),
+            offline: Vec::new(),
+            offline_counts: HashMap::new(),
             moved: HashMap::new(),
             held: HashMap::new(),
         });
@@ -800,7 +821,7 @@ impl Roulette {
             online: self.online_count(),
             max_message_chars: self.config.max_message_chars,
             resume_token: &token.hex(),
-            pow: self.new_challenge(peer),
+            pow: self.new_challenge(now, peer),
         };
         send(out, peer, &welcome);
     }
@@ -878,13 +899,16 @@ impl Roulette {
             }
             self.next_sweep.get_or_insert(now + ADDRESS_SWEEP);
         }
+        let client = p.client;
+        self.pow_used(now, peer, client);
+        let Some(p) = self.peers.get_mut(&peer) else { return Ok(()) };
         if let ChatState::Chatting(partner) = p.state {
             self.end_chat(now, peer, partner, LeaveReason::Next, out);
         }
         if let Some(p) = self.peers.get_mut(&peer) {
             p.state = ChatState::Searching;
         }
-        let pow = self.new_challenge(peer);
+        let pow = self.new_challenge(now, peer);
         send(out, peer, &ServerMessage::Searching { pow });
         if self.is_draining {
             return Ok(()); // The server is closing everyone; do not start chats now.
@@ -1209,6 +1233,10 @@ impl Roulette {
             }
             ClusterEvent::Up => {
                 c.up = true;
+                // What was decided while Redis was away.
+                c.ops.extend(c.offline.drain(..));
+                let counts = std::mem::take(&mut c.offline_counts);
+                c.ops.extend(counts.into_iter().map(|(client, count)| Op::Count { client, count }));
                 // Redis may have lost them (a restart), or missed a change while the link was
                 // down: every token here is registered again.
                 let mut tokens: Vec<(PeerId, Token)> =
@@ -1331,20 +1359,7 @@ impl Roulette {
             None => None,
         };
         let Some(p) = self.peers.get(&peer) else { return };
-        let client = p.client;
-        let left = match self.local_clients.get_mut(&client) {
-            Some(n) => {
-                *n = n.saturating_sub(1);
-                *n
-            }
-            None => 0,
-        };
-        if left == 0 {
-            self.local_clients.remove(&client);
-        }
-        if let Some(c) = &mut self.cluster {
-            c.ops.push_back(Op::Count { client: client.to_string(), count: left });
-        }
+        self.count_down(p.client);
         let Some(p) = self.peers.get(&peer) else { return };
         let window = self.config.resume_window;
         // Every drop waits (issue 12: an idle person resumes as idle); MAX_AWAY bounds them.
@@ -1360,6 +1375,23 @@ impl Roulette {
         self.end_activity(now, peer, LeaveReason::Disconnected, out);
         if let Some(p) = self.peers.remove(&peer) {
             self.forget_token(peer, p.token);
+        }
+    }
+
+    /// One connection of `client` here ended (in a cluster, Redis is told the new count).
+    fn count_down(&mut self, client: AddrHash) {
+        let left = match self.local_clients.get_mut(&client) {
+            Some(n) => {
+                *n = n.saturating_sub(1);
+                *n
+            }
+            None => 0,
+        };
+        if left == 0 {
+            self.local_clients.remove(&client);
+        }
+        if let Some(c) = &mut self.cluster {
+            c.safety_op(Op::Count { client: client.to_string(), count: left });
         }
     }
 
@@ -1464,7 +1496,10 @@ impl Roulette {
                     return None;
                 }
                 out.push(Action::Close { peer: old, code: CLOSE_RESUMED, reason: REASON_RESUMED });
-                // Its Closed finds nobody: the session leaves the table now.
+                // Its Closed finds nobody: the session leaves the table now, and its
+                // connection stops counting for its address.
+                let client = self.peers.get(&old)?.client;
+                self.count_down(client);
                 let mut a = self.leave_table(old, now)?;
                 if let Some(c) = &mut self.cluster {
                     c.resuming.remove(&old);
@@ -1538,7 +1573,11 @@ impl Roulette {
                 }
                 None => {
                     let m = match a.parked {
-                        Some(parked) => self.matchmaker.unpark(now, new, parked),
+                        Some(parked) => {
+                            // Banned or pardoned while away: the pool is the one of now.
+                            let who = self.searcher(now, new);
+                            self.matchmaker.unpark(now, new, parked, who)
+                        }
                         None => {
                             let who = self.searcher(now, new);
                             self.matchmaker.handle_search_as(now, new, Interests::none(), who)
@@ -2745,6 +2784,9 @@ mod tests {
         assert!(d.recv(2).is_empty());
         d.say(2, "still here");
         assert_eq!(d.types(3), ["message"]);
+        // And its address counts one connection fewer (its Closed found nobody).
+        assert!(!d.app.local_clients.contains_key(&AddrHash::from_bytes([1; 16])));
+        assert_eq!(d.app.local_clients.len(), 2);
     }
 
     #[test]
@@ -3823,12 +3865,12 @@ mod tests {
         for n in 1..=6 {
             d.join(n);
         }
-        for n in 1..=3 {
+        for n in 1..=4 {
             d.search(n);
             assert!(d.recv(n).iter().all(|v| v["type"] != "error"), "off below the rate");
         }
-        d.search(4);
-        let e = d.recv(4).remove(0);
+        d.search(5);
+        let e = d.recv(5).remove(0);
         assert_eq!(
             (e["code"].as_str(), e["pow"]["bits"].as_u64()),
             (Some("pow_required"), Some(18))
@@ -3836,6 +3878,20 @@ mod tests {
         d.at(3.0);
         d.search(6);
         assert!(d.recv(6).iter().all(|v| v["type"] != "error"), "off again after a quiet second");
+        // One address alone counts three searches a second at most: it cannot turn it on.
+        d.at(5.0);
+        for n in 7..=9 {
+            d.join(n);
+        }
+        let one = AddrHash::from_bytes([7; 16]);
+        for n in 10..=14 {
+            d.open.insert(id(n));
+            d.event(n, Event::Open { client: one });
+            d.recv(n);
+            d.search(n);
+        }
+        d.search(7);
+        assert!(d.recv(7).iter().all(|v| v["type"] != "error"), "still off");
     }
 
     #[test]
@@ -3925,5 +3981,54 @@ mod tests {
         d.run_timers();
         assert_eq!(d.partner_of(3), Some(id(4)));
         assert!(!d.app.ledger.is_banned(d.now, banned));
+    }
+
+    #[test]
+    fn a_searcher_banned_while_away_resumes_into_the_shadow_pool() {
+        let mut d = Driver::new();
+        let token = d.join_token(1);
+        d.search(1);
+        d.recv(1);
+        d.dropped(1);
+        let address = AddrHash::from_bytes([1; 16]);
+        d.app.ledger.ban(d.now, address, Duration::from_secs(600));
+        d.open.insert(id(3));
+        d.event(3, Event::Open { client: address });
+        d.recv(3);
+        resume(&mut d, 3, &token);
+        assert_eq!(d.types(3), ["resumed"]);
+        d.join(4);
+        d.search(4);
+        assert_eq!(d.partner_of(4), None, "the resumed searcher is in the shadow pool");
+        d.app.ledger.ban(d.now, AddrHash::from_bytes([5; 16]), Duration::from_secs(600));
+        d.join(5);
+        d.search(5);
+        assert_eq!(d.partner_of(5), Some(id(3)));
+    }
+
+    #[test]
+    fn safety_decisions_made_while_redis_is_away_are_sent_when_it_is_back() {
+        let now = Instant::now();
+        let mut r =
+            Roulette::clustered(quiet_config(), "a/0/1".into()).with_random(counting_random);
+        let (me, mine) = (id(1), AddrHash::from_bytes([1; 16]));
+        let mut out = Vec::new();
+        r.handle_cluster_event(now, ClusterEvent::Up, &mut out);
+        r.handle_event(now, me, Event::Open { client: mine }, &mut out);
+        r.handle_cluster_event(now, ClusterEvent::Down, &mut out);
+        std::iter::from_fn(|| r.poll_cluster_op()).for_each(drop);
+        r.handle_event(now, me, Event::Closed { dropped: false }, &mut out);
+        let mut config = quiet_config();
+        config.safety.pardon = vec!["0a0b0c0d".into()];
+        r.reconfigure(config);
+        let ops: Vec<Op> = std::iter::from_fn(|| r.poll_cluster_op()).collect();
+        assert!(
+            ops.iter().all(|op| !matches!(op, Op::Count { .. } | Op::Pardon { .. })),
+            "{ops:?}"
+        );
+        r.handle_cluster_event(now, ClusterEvent::Up, &mut out);
+        let ops: Vec<Op> = std::iter::from_fn(|| r.poll_cluster_op()).collect();
+        assert!(ops.contains(&Op::Pardon { shorts: vec!["0a0b0c0d".into()] }), "{ops:?}");
+        assert!(ops.contains(&Op::Count { client: mine.to_string(), count: 0 }), "{ops:?}");
     }
 }

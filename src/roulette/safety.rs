@@ -4,7 +4,10 @@
 //!
 //! Owns: what the roulette does about reports, blocks, spam and proof of work. May not touch:
 //! sockets, the clock, Redis (it speaks `cluster::Op`).
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use super::{
     is_remote, matchmaker::Searcher, protocol::PowChallenge, send, ChatState, LeaveReason,
@@ -22,18 +25,29 @@ use crate::{
 /// How often the ledger and the blocks are swept of what expired.
 pub(super) const SAFETY_SWEEP: Duration = Duration::from_secs(10);
 
+/// Searches one address adds to [`SearchRate`] per second at most: one address alone cannot
+/// switch the proof of work on for everyone.
+const RATE_PER_ADDRESS: u32 = 3;
+
 /// Searches counted for `pow_bits = "auto"`: this worker's, per second, over the last second.
+/// Only searches that passed every budget count, each address at most [`RATE_PER_ADDRESS`].
 #[derive(Debug, Default)]
 pub(super) struct SearchRate {
     second: Option<Instant>,
     this: u32,
     last: u32,
+    /// This second's searches per address (cleared every second, so at most a second's worth).
+    by_address: HashMap<AddrHash, u32>,
 }
 
 impl SearchRate {
-    fn count(&mut self, now: Instant) {
+    fn count(&mut self, now: Instant, client: AddrHash) {
         self.roll(now);
-        self.this = self.this.saturating_add(1);
+        let mine = self.by_address.entry(client).or_default();
+        if *mine < RATE_PER_ADDRESS {
+            *mine += 1;
+            self.this = self.this.saturating_add(1);
+        }
     }
 
     fn roll(&mut self, now: Instant) {
@@ -43,24 +57,32 @@ impl SearchRate {
             // A quiet second in between means the last full second had none.
             self.last = if elapsed < Duration::from_secs(2) { self.this } else { 0 };
             self.this = 0;
+            self.by_address.clear();
             self.second = Some(now);
         }
     }
 
-    /// Searches in the last full second (or in this one, if it already has more).
-    fn per_second(&self) -> u32 {
-        self.last.max(self.this)
+    /// Searches in the last full second (or in this one, if it already has more), as of `now`.
+    fn per_second(&self, now: Instant) -> u32 {
+        let elapsed = self.second.map_or(Duration::MAX, |s| now.saturating_duration_since(s));
+        if elapsed >= Duration::from_secs(2) {
+            0
+        } else if elapsed >= Duration::from_secs(1) {
+            self.this
+        } else {
+            self.last.max(self.this)
+        }
     }
 }
 
 impl Roulette {
     /// The bits the proof of work asks for now (0: off).
-    pub(super) fn pow_bits(&self) -> u8 {
+    pub(super) fn pow_bits(&self, now: Instant) -> u8 {
         match self.config.safety.pow {
             Pow::Off => 0,
             Pow::Bits(n) => n,
             Pow::Auto { rate } => {
-                if f64::from(self.search_rate.per_second()) > rate {
+                if f64::from(self.search_rate.per_second(now)) > rate {
                     AUTO_BITS
                 } else {
                     0
@@ -70,49 +92,54 @@ impl Roulette {
     }
 
     /// A new challenge for `peer`'s next search, when the proof of work is on.
-    pub(super) fn new_challenge(&mut self, peer: PeerId) -> Option<PowChallenge> {
-        let bits = self.pow_bits();
+    pub(super) fn new_challenge(&mut self, now: Instant, peer: PeerId) -> Option<PowChallenge> {
+        let bits = self.pow_bits(now);
         if bits == 0 {
             self.challenges.remove(&peer);
             return None;
         }
         let mut challenge = [0u8; 16];
         (self.random)(&mut challenge);
-        self.challenges.insert(peer, challenge);
-        Some(PowChallenge { challenge, bits })
+        let pow = PowChallenge { challenge, bits };
+        self.challenges.insert(peer, pow);
+        Some(pow)
     }
 
     /// The challenge `peer` is to solve (sent with `pow_required` and `pow_invalid`).
     pub(super) fn challenge_of(&self, peer: PeerId) -> Option<PowChallenge> {
-        let challenge = *self.challenges.get(&peer)?;
-        Some(PowChallenge { challenge, bits: self.pow_bits().max(1) })
+        self.challenges.get(&peer).copied()
     }
 
-    /// Checks a search's proof of work. A challenge is good for one search: a good nonce uses
-    /// it up, a wrong one gets a new one (so a client cannot grind against the server).
+    /// Checks a search's proof of work. A wrong nonce gets a new challenge (so a client cannot
+    /// grind against the server); a good one is used up by [`Roulette::pow_used`] once every
+    /// other check has passed, so that a search refused for its rate keeps its solution.
     pub(super) fn check_pow(
         &mut self,
         now: Instant,
         peer: PeerId,
         nonce: Option<&str>,
     ) -> Result<(), RequestError> {
-        self.search_rate.count(now);
-        let bits = self.pow_bits();
-        if bits == 0 {
+        if self.pow_bits(now) == 0 {
             return Ok(());
         }
-        let Some(&challenge) = self.challenges.get(&peer) else {
+        let Some(&pow) = self.challenges.get(&peer) else {
             // It was off when this connection last heard: here is one.
-            self.new_challenge(peer);
+            self.new_challenge(now, peer);
             return Err(RequestError::PowRequired);
         };
         let Some(nonce) = nonce else { return Err(RequestError::PowRequired) };
-        if !pow_ok(&challenge, nonce, bits) {
-            self.new_challenge(peer);
+        // Against the bits the challenge was sent with: what the client was asked.
+        if !pow_ok(&pow.challenge, nonce, pow.bits) {
+            self.new_challenge(now, peer);
             return Err(RequestError::PowInvalid);
         }
-        self.challenges.remove(&peer);
         Ok(())
+    }
+
+    /// A search passed every check: its challenge is used up, and it counts for "auto".
+    pub(super) fn pow_used(&mut self, now: Instant, peer: PeerId, client: AddrHash) {
+        self.challenges.remove(&peer);
+        self.search_rate.count(now, client);
     }
 
     /// Who `peer` is for the queue: its address, and whether that address is shadow-banned.
@@ -139,9 +166,15 @@ impl Roulette {
             if is_remote(me) {
                 continue;
             }
-            if let Some(client) = self.client_of(other) {
-                self.recent.insert(me, (client, now));
-                self.schedule_sweep(now);
+            match self.client_of(other) {
+                Some(client) => {
+                    self.recent.insert(me, (client, now));
+                    self.schedule_sweep(now);
+                }
+                // Never the chat before this one.
+                None => {
+                    self.recent.remove(&me);
+                }
             }
         }
     }
@@ -156,11 +189,11 @@ impl Roulette {
     ) -> Result<AddrHash, RequestError> {
         let Some(p) = self.peers.get(&peer) else { return Err(RequestError::NobodyToReport) };
         if let ChatState::Chatting(partner) = p.state {
-            let client = self.client_of(partner);
+            // A partner whose address this worker never learnt (one that matched through an
+            // older version) cannot be reported; the chat goes on.
+            let client = self.client_of(partner).ok_or(RequestError::NobodyToReport)?;
             self.end_chat(now, peer, partner, LeaveReason::Next, out);
-            if let Some(client) = client {
-                return Ok(client);
-            }
+            return Ok(client);
         }
         match self.recent.get(&peer) {
             Some(&(client, at)) if now.saturating_duration_since(at) < AFTER_CHAT => Ok(client),
@@ -196,7 +229,7 @@ impl Roulette {
         let duration = self.config.safety.block_duration;
         self.counters.blocks += 1;
         match &mut self.cluster {
-            Some(c) => c.ops.push_back(Op::Block {
+            Some(c) => c.safety_op(Op::Block {
                 a: me.to_string(),
                 b: target.to_string(),
                 ms: duration.as_millis() as u64,
@@ -247,7 +280,7 @@ impl Roulette {
         self.schedule_sweep(now);
         let rules = &self.config.safety;
         if let Some(c) = &mut self.cluster {
-            c.ops.push_back(Op::Report {
+            c.safety_op(Op::Report {
                 target: target.to_string(),
                 reporter: reporter.to_string(),
                 threshold: rules.report_threshold,
@@ -312,8 +345,8 @@ impl Roulette {
             return;
         }
         if let Some(c) = &mut self.cluster {
-            // Redis's matcher puts a pardoned waiter back from its next search.
-            c.ops.push_back(Op::Pardon { shorts: shorts.clone() });
+            // A pardoned waiter goes back to everyone from its next search (its worker's).
+            c.safety_op(Op::Pardon { shorts: shorts.clone() });
         }
         let lifted = self.ledger.pardon(&shorts);
         if self.cluster.is_none() {

@@ -1,6 +1,7 @@
 //! What people did to each other, by address hash: reports, shadow bans and repeated lines
-//! (spam), each with its time limit (blocks live with the queue: the matchmaker, or Redis), and the proof-of-work check. Sans-IO: `now` comes in,
-//! decisions come out; the roulette tells people, the cluster mirrors it in Redis.
+//! (spam), each with its time limit, and the proof-of-work check. Blocks live with the queue
+//! (the matchmaker, or Redis). Sans-IO: `now` comes in, decisions come out; the roulette tells
+//! people, and a cluster keeps reports and bans in Redis instead.
 //!
 //! Every map is capped ([`MAX_ENTRIES`]) and swept of what has expired, so a flood of
 //! addresses cannot grow memory without bound: past the cap, new entries are not recorded (a
@@ -136,16 +137,63 @@ pub struct Ban {
 /// other out. So memory is bounded per address, however much it chats.
 pub const LINES_PER_ADDRESS: usize = 8;
 
-/// A line one address sent to several strangers.
+/// A line one address sent, the strangers it went to and when (the last time to each). Most
+/// lines go to one stranger only: the first is kept inline, so a new line allocates nothing.
 #[derive(Debug)]
 struct Line {
     digest: u64,
-    first: Instant,
-    to: Vec<AddrHash>,
+    first: (AddrHash, Instant),
+    more: Vec<(AddrHash, Instant)>,
+}
+
+impl Line {
+    fn new(digest: u64, to: AddrHash, now: Instant) -> Line {
+        Line { digest, first: (to, now), more: Vec::new() }
+    }
+
+    /// Notes a send to `to` at `now` and forgets sends older than `window`; returns how many
+    /// distinct strangers it went to within the window.
+    fn send(&mut self, to: AddrHash, now: Instant, window: Duration) -> usize {
+        let fresh = |&(who, at): &(AddrHash, Instant)| {
+            who != to && now.saturating_duration_since(at) < window
+        };
+        self.more.retain(fresh);
+        if fresh(&self.first) {
+            self.more.push(self.first);
+        }
+        self.first = (to, now);
+        1 + self.more.len()
+    }
+
+    fn is_fresh(&self, now: Instant, window: Duration) -> bool {
+        let fresh = |at: Instant| now.saturating_duration_since(at) < window;
+        fresh(self.first.1) || self.more.iter().any(|&(_, at)| fresh(at))
+    }
+}
+
+/// A 64-bit digest of `text` lowercased, keyed by `seed`: ASCII (nearly every line) eight bytes
+/// at a time; anything else a character at a time. Compared only within this process.
+fn digest(seed: u64, text: &str) -> u64 {
+    let mix = |h: u64, w: u64| (h ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
+    let mut h = seed;
+    if text.is_ascii() {
+        for chunk in text.as_bytes().chunks(8) {
+            let mut word = [0u8; 8];
+            for (d, s) in word.iter_mut().zip(chunk) {
+                *d = s.to_ascii_lowercase();
+            }
+            h = mix(h, u64::from_le_bytes(word));
+        }
+    } else {
+        for c in text.chars().flat_map(char::to_lowercase) {
+            h = mix(h, u64::from(c));
+        }
+    }
+    mix(h, text.len() as u64)
 }
 
 /// One worker's safety state. See the module documentation.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Ledger {
     /// Reported address -> (reporter, when), oldest first, at most one per reporter.
     reports: HashMap<AddrHash, Vec<(AddrHash, Instant)>>,
@@ -153,8 +201,16 @@ pub struct Ledger {
     bans: HashMap<AddrHash, Instant>,
     /// Sender -> its last [`LINES_PER_ADDRESS`] distinct long lines and whom each went to.
     lines: HashMap<AddrHash, Vec<Line>>,
-    /// Keys the line digests (per process, so a digest is not guessable from outside).
-    hasher: std::collections::hash_map::RandomState,
+    /// Keys the line digests (per process).
+    seed: u64,
+}
+
+impl Default for Ledger {
+    fn default() -> Ledger {
+        // std's RandomState is seeded from the OS once per process: a random 64 bits for free.
+        let seed = std::collections::hash_map::RandomState::new().build_hasher().finish();
+        Ledger { reports: HashMap::new(), bans: HashMap::new(), lines: HashMap::new(), seed }
+    }
 }
 
 impl Ledger {
@@ -186,17 +242,22 @@ impl Ledger {
             return None;
         }
         self.reports.remove(&target);
-        self.ban(now, target, rules.ban_duration);
-        Some(Ban { client: target, reports, duration: rules.ban_duration })
+        self.ban(now, target, rules.ban_duration).then_some(Ban {
+            client: target,
+            reports,
+            duration: rules.ban_duration,
+        })
     }
 
-    /// Shadow-bans `client` until `now + duration` (a ban learnt from elsewhere, or a report's).
-    pub fn ban(&mut self, now: Instant, client: AddrHash, duration: Duration) {
+    /// Shadow-bans `client` until `now + duration`. Returns whether the ban was recorded (not
+    /// past [`MAX_ENTRIES`]).
+    pub fn ban(&mut self, now: Instant, client: AddrHash, duration: Duration) -> bool {
         if self.bans.len() >= MAX_ENTRIES && !self.bans.contains_key(&client) {
-            return;
+            return false;
         }
         let until = now.checked_add(duration).unwrap_or(now + Duration::from_secs(86400 * 365));
         self.bans.insert(client, until);
+        true
     }
 
     /// Whether `client` is shadow-banned now.
@@ -233,11 +294,7 @@ impl Ledger {
         {
             return None;
         }
-        let mut h = self.hasher.build_hasher();
-        for c in text.chars().flat_map(char::to_lowercase) {
-            h.write_u32(c as u32);
-        }
-        let digest = h.finish();
+        let digest = digest(self.seed, text);
         let len = self.lines.len();
         let recent = match self.lines.entry(from) {
             Entry::Occupied(e) => e.into_mut(),
@@ -245,26 +302,21 @@ impl Ledger {
             Entry::Vacant(e) => e.insert(Vec::with_capacity(2)),
         };
         // Most recent first: the line moves (or comes) to the front, the oldest falls out.
-        let mut line = match recent.iter().position(|l| l.digest == digest) {
-            Some(i) => recent.remove(i),
-            None => Line { digest, first: now, to: Vec::new() },
+        let Some(i) = recent.iter().position(|l| l.digest == digest) else {
+            recent.truncate(LINES_PER_ADDRESS - 1);
+            recent.insert(0, Line::new(digest, to, now));
+            return (rules.spam_partners <= 1).then(|| vec![to]);
         };
-        recent.truncate(LINES_PER_ADDRESS - 1);
-        if now.saturating_duration_since(line.first) >= rules.spam_window {
-            line = Line { digest, first: now, to: Vec::new() };
+        let mut line = recent.remove(i);
+        // A sliding window: the strangers it went to within the last `spam_window`.
+        if line.send(to, now, rules.spam_window) < rules.spam_partners as usize {
+            recent.insert(0, line);
+            return None;
         }
-        if !line.to.contains(&to) {
-            line.to.push(to);
-        }
-        let spam = line.to.len() >= rules.spam_partners as usize;
-        let strangers = if spam {
-            line.first = now;
-            Some(std::mem::take(&mut line.to))
-        } else {
-            None
-        };
-        recent.insert(0, line);
-        strangers
+        // Spam: each stranger reports it, and the line starts over.
+        let mut strangers: Vec<AddrHash> = line.more.into_iter().map(|(who, _)| who).collect();
+        strangers.push(line.first.0);
+        Some(strangers)
     }
 
     /// Forgets what has expired. `O(entries)`; the roulette calls it every few seconds.
@@ -275,7 +327,7 @@ impl Ledger {
         });
         self.bans.retain(|_, &mut until| now < until);
         self.lines.retain(|_, recent| {
-            recent.retain(|l| now.saturating_duration_since(l.first) < rules.spam_window);
+            recent.retain(|l| l.is_fresh(now, rules.spam_window));
             !recent.is_empty()
         });
     }
@@ -385,6 +437,14 @@ mod tests {
             let at = t + r.spam_window * u32::from(n);
             assert_eq!(l.line(at, &r, h(6), h(n), ad), None);
         }
+        // The window slides: five strangers within any ten minutes count, wherever the first
+        // send of the line fell.
+        let minute = Duration::from_secs(60);
+        assert_eq!(l.line(t, &r, h(3), h(9), ad), None);
+        for (n, m) in [(1u8, 9u32), (2, 10), (4, 11), (5, 12)] {
+            assert_eq!(l.line(t + minute * m, &r, h(3), h(n), ad), None);
+        }
+        assert!(l.line(t + minute * 13, &r, h(3), h(6), ad).is_some());
     }
 
     #[test]
