@@ -890,6 +890,43 @@ mod tests {
     }
 
     #[test]
+    fn safety_rules_are_read_and_checked() {
+        let c = parse(
+            "[safety]\nreport_threshold = 5\nreport_window = \"30m\"\nban_duration = \"2h\"\n\
+             block_duration = \"1h\"\nspam_partners = 0\nspam_window = \"5m\"\n\
+             spam_min_chars = 20\npow_bits = \"auto\"\npow_auto_rate = 10.0\n\
+             pardon = [\"0a1b2c3d\"]\n",
+        )
+        .unwrap();
+        let r = &c.chat.safety;
+        assert_eq!((r.report_threshold, r.spam_partners, r.spam_min_chars), (5, 0, 20));
+        assert_eq!(r.report_window, Duration::from_secs(1800));
+        assert_eq!(
+            (r.ban_duration, r.block_duration),
+            (Duration::from_secs(7200), Duration::from_secs(3600))
+        );
+        assert_eq!(r.spam_window, Duration::from_secs(300));
+        assert_eq!(r.pow, Pow::Auto { rate: 10.0 });
+        assert_eq!(r.pardon, ["0a1b2c3d"]);
+        assert_eq!(parse("[safety]\npow_bits = 12").unwrap().chat.safety.pow, Pow::Bits(12));
+        assert_eq!(parse("[safety]\npow_bits = 0").unwrap().chat.safety.pow, Pow::Off);
+        for (bad, key) in [
+            ("pow_bits = 25", "safety.pow_bits"),
+            ("pow_bits = \"always\"", "pow_bits"),
+            ("pow_auto_rate = 0.0", "safety.pow_auto_rate"),
+            ("report_threshold = 0", "safety.report_threshold"),
+            ("spam_partners = 101", "safety.spam_partners"),
+            ("ban_duration = \"0s\"", "safety.ban_duration"),
+            ("block_duration = \"31d\"", "safety.block_duration"),
+            ("pardon = [\"127.0.0.1\"]", "safety.pardon"),
+            ("pardon = [\"0A1B2C3D\"]", "safety.pardon"),
+        ] {
+            let e = parse(&format!("[safety]\n{bad}")).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn unknown_key_is_named_with_its_line() {
         let e = parse("listen = \"127.0.0.1:1\"\nlisen = 3\n").unwrap_err().to_string();
         assert!(e.starts_with("test.toml:2:1: "), "{e}");
