@@ -116,6 +116,15 @@ pub enum Action {
         /// A reason of at most 123 bytes.
         reason: &'static str,
     },
+    /// `client`'s address holds `max_connections_per_address` across a cluster: the server
+    /// answers its next WebSocket upgrades with 429 until `until` (what it learnt from Redis;
+    /// its own count covers only this worker). An `until` already past lifts it.
+    Crowded {
+        /// The address.
+        client: AddrHash,
+        /// Until when.
+        until: Instant,
+    },
     /// An address was shadow-banned (the server logs it: the short hash and the counts, never
     /// a line of chat).
     Banned {

@@ -54,6 +54,9 @@ use crate::{
 /// How long a closing connection may take to read our last bytes and close its side.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
+/// Addresses remembered as at their cap across a cluster, at most.
+pub const MAX_CROWDED: usize = 100_000;
+
 /// Connections a broadcast is copied to per loop turn. Each copy costs a `write` at the end of
 /// the turn (about 10 us on loopback), so a broadcast to 10,000 peers done at once stalled
 /// every other connection for about 100 ms (issue 6, scenario 2); in slices of this size a
@@ -191,6 +194,8 @@ enum Effect {
     Eof(usize, u32),
     /// A shadow ban to log: who (its hash), how many reports, for how long.
     Banned(crate::safety::AddrHash, usize, Duration),
+    /// An address at its cap across the cluster: 429 until then.
+    Crowded(AddrHash, Instant),
 }
 
 impl From<Action> for Effect {
@@ -202,6 +207,7 @@ impl From<Action> for Effect {
             Action::Banned { client, reports, duration } => {
                 Effect::Banned(client, reports, duration)
             }
+            Action::Crowded { client, until } => Effect::Crowded(client, until),
         }
     }
 }
@@ -240,6 +246,9 @@ pub struct Endpoint<A: App, S> {
     metrics_override: Option<String>,
     /// Open WebSockets per client address (entries at zero are removed).
     per_address: HashMap<AddrHash, u32>,
+    /// Addresses at their cap across a cluster (the application learnt it from Redis), until
+    /// when; at most [`MAX_CROWDED`].
+    crowded: HashMap<AddrHash, Instant>,
 }
 
 impl<A: App, S> std::fmt::Debug for Endpoint<A, S> {
@@ -284,6 +293,7 @@ impl<A: App, S: Transport> Endpoint<A, S> {
             extra_metrics: String::new(),
             metrics_override: None,
             per_address: HashMap::new(),
+            crowded: HashMap::new(),
         }
     }
 
@@ -446,6 +456,7 @@ impl<A: App, S: Transport> Endpoint<A, S> {
             extra_metrics: &self.extra_metrics,
             metrics_override: self.metrics_override.as_deref(),
             per_address: &mut self.per_address,
+            crowded: &self.crowded,
         };
         let conn = &mut self.conns[slot];
         if conn.has_partial_input() {
@@ -471,6 +482,21 @@ impl<A: App, S: Transport> Endpoint<A, S> {
     }
 
     /// The end of the peer's stream, in its turn among the effects.
+    /// Remembers that `client` is at its cap across the cluster until `until` (forgets it for
+    /// an `until` already past); what has expired is forgotten when the map fills.
+    fn crowd(&mut self, now: Instant, client: AddrHash, until: Instant) {
+        if until <= now {
+            self.crowded.remove(&client);
+            return;
+        }
+        if self.crowded.len() >= MAX_CROWDED {
+            self.crowded.retain(|_, &mut t| now < t);
+        }
+        if self.crowded.len() < MAX_CROWDED || self.crowded.contains_key(&client) {
+            self.crowded.insert(client, until);
+        }
+    }
+
     fn on_eof(&mut self, now: Instant, slot: usize, generation: u32) {
         let linger = self.deadline(now, CLOSE_LINGER);
         let Some(conn) = self.conns.get_mut(slot).filter(|c| c.generation == generation) else {
@@ -580,6 +606,7 @@ impl<A: App, S: Transport> Endpoint<A, S> {
                     }
                     Effect::Close(peer, close) => self.close_websocket(now, peer, close),
                     Effect::Eof(slot, generation) => self.on_eof(now, slot, generation),
+                    Effect::Crowded(client, until) => self.crowd(now, client, until),
                     Effect::Banned(client, reports, duration) => {
                         slog::info!(self.log, "shadow ban";
                             "client" => client.short(), "reports" => reports,
@@ -944,6 +971,7 @@ struct Cx<'a, A> {
     extra_metrics: &'a str,
     metrics_override: Option<&'a str>,
     per_address: &'a mut HashMap<AddrHash, u32>,
+    crowded: &'a HashMap<AddrHash, Instant>,
 }
 
 impl<A: App> Cx<'_, A> {
@@ -1013,6 +1041,8 @@ fn drive<A: App, S>(
                         extra_metrics: cx.extra_metrics,
                         metrics_override: cx.metrics_override,
                         per_address: cx.per_address,
+                        crowded: cx.crowded,
+                        now: cx.now,
                     };
                     let next = routes::respond(&route, &req, client, conn.output(cx.spares));
                     // This request's client, for a refusal's log line: the connection's own

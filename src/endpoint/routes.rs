@@ -5,7 +5,7 @@
 //! Owns: the choice of response and whether the connection stays open after it.
 //! May not touch: connection state (it returns [`Next`]), sockets, the clock (the `Date` it
 //! writes was formatted by the endpoint).
-use std::{collections::HashMap, net::IpAddr};
+use std::{collections::HashMap, net::IpAddr, time::Instant};
 
 use super::{Settings, Stats};
 use crate::{
@@ -66,6 +66,10 @@ pub(super) struct RouteCx<'a, A> {
     pub(super) metrics_override: Option<&'a str>,
     /// Open WebSockets per client address.
     pub(super) per_address: &'a HashMap<AddrHash, u32>,
+    /// Addresses at their cap across a cluster, until when.
+    pub(super) crowded: &'a HashMap<AddrHash, Instant>,
+    /// The loop's time.
+    pub(super) now: Instant,
 }
 
 /// Answers one complete request from `client` into `out`.
@@ -101,7 +105,9 @@ pub(super) fn respond<A: App>(
             Ok(accept) => {
                 let hash = cx.settings.address_key.hash(client);
                 let max = cx.settings.max_connections_per_address;
-                if max > 0 && cx.per_address.get(&hash).is_some_and(|&n| n as usize >= max) {
+                let here = cx.per_address.get(&hash).is_some_and(|&n| n as usize >= max);
+                let elsewhere = cx.crowded.get(&hash).is_some_and(|&until| cx.now < until);
+                if max > 0 && (here || elsewhere) {
                     let extra = "Retry-After: 10\r\n";
                     http::write_error(out, date, Status::TooManyRequests, extra, head_only, false);
                     return Next::Refused(Refusal::TooMany);

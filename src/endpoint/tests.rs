@@ -993,6 +993,24 @@ fn a_new_address_key_keeps_the_per_address_count_balanced() {
     assert!(d.ep.per_address.is_empty(), "{:?}", d.ep.per_address);
 }
 
+/// An address the application found at its cap across a cluster gets 429 at the upgrade here
+/// until the deadline, though this worker holds none of its connections; others do not.
+#[test]
+fn an_address_crowded_across_the_cluster_gets_429_until_the_deadline() {
+    let mut d = Driver::with(Settings { max_connections_per_address: 8, ..test_settings() });
+    let client = d.ep.settings.address_key.hash(LOCAL);
+    let until = d.now + Duration::from_secs(10);
+    d.act([Action::Crowded { client, until }]);
+    d.drive();
+    let c = d.connect();
+    d.input(&c, UPGRADE.as_bytes());
+    d.drive();
+    assert_eq!(statuses(&d.responses(&c)), [429]);
+    assert_eq!(d.ep.stats.refused_per_address, 1);
+    d.advance(Duration::from_secs(10));
+    d.upgrade();
+}
+
 #[test]
 fn healthz_then_503_while_stopping() {
     let mut d = Driver::new();

@@ -149,6 +149,10 @@ const REASON_BINARY: &str = "binary messages are not supported";
 const REASON_ABUSE: &str = "too many invalid or rate-limited messages";
 const REASON_CROWDED: &str = "too many connections from your address";
 
+/// How long an address at its connection cap across the cluster gets 429 on this worker (what
+/// a connection of that address that opens or closes meanwhile does not change).
+const CROWDED_FOR: Duration = Duration::from_secs(10);
+
 /// Counters for metrics. `online` includes connections the roulette is closing.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RouletteStats {
@@ -445,6 +449,9 @@ pub struct Roulette {
     local_clients: HashMap<AddrHash, u32>,
     /// Addresses whose ban a reload lifted, whose waiting searchers go back to everyone.
     pardoned: Vec<AddrHash>,
+    /// Connections closed for taking their address past its cap across the cluster: their end
+    /// frees no place.
+    over_cap: BTreeSet<PeerId>,
 }
 
 /// Proxy ids of partners on other workers carry this worker number (local workers are
@@ -586,6 +593,7 @@ impl Roulette {
             search_rate: safety::SearchRate::default(),
             local_clients: HashMap::new(),
             pardoned: Vec::new(),
+            over_cap: BTreeSet::new(),
         }
     }
 
@@ -1226,8 +1234,15 @@ impl Roulette {
             }
             ClusterEvent::Crowded { peer, count } => {
                 let cap = self.config.max_connections_per_address;
-                let live = self.peers.get(&peer).is_some_and(|p| p.state != ChatState::Closing);
-                if cap > 0 && count > cap && live {
+                let Some(p) = self.peers.get(&peer) else { return };
+                if cap == 0 || count < cap {
+                    return;
+                }
+                // At the cap across the cluster: this worker answers the address's next
+                // upgrades with 429 for a while; one past it is closed now.
+                out.push(Action::Crowded { client: p.client, until: now + CROWDED_FOR });
+                if count > cap && p.state != ChatState::Closing {
+                    self.over_cap.insert(peer);
                     self.close(now, peer, close_code::POLICY, REASON_CROWDED, out);
                 }
             }
@@ -1358,8 +1373,9 @@ impl Roulette {
             }
             None => None,
         };
-        let Some(p) = self.peers.get(&peer) else { return };
-        self.count_down(p.client);
+        let frees = !self.over_cap.remove(&peer);
+        let Some(client) = self.peers.get(&peer).map(|p| p.client) else { return };
+        self.count_down(now, client, frees, out);
         let Some(p) = self.peers.get(&peer) else { return };
         let window = self.config.resume_window;
         // Every drop waits (issue 12: an idle person resumes as idle); MAX_AWAY bounds them.
@@ -1378,8 +1394,10 @@ impl Roulette {
         }
     }
 
-    /// One connection of `client` here ended (in a cluster, Redis is told the new count).
-    fn count_down(&mut self, client: AddrHash) {
+    /// One connection of `client` here ended (in a cluster, Redis is told the new count, and
+    /// if the connection `frees` a place, this worker no longer counts the address as at its
+    /// cap).
+    fn count_down(&mut self, now: Instant, client: AddrHash, frees: bool, out: &mut Vec<Action>) {
         let left = match self.local_clients.get_mut(&client) {
             Some(n) => {
                 *n = n.saturating_sub(1);
@@ -1392,6 +1410,9 @@ impl Roulette {
         }
         if let Some(c) = &mut self.cluster {
             c.safety_op(Op::Count { client: client.to_string(), count: left });
+            if frees {
+                out.push(Action::Crowded { client, until: now });
+            }
         }
     }
 
@@ -1499,7 +1520,7 @@ impl Roulette {
                 // Its Closed finds nobody: the session leaves the table now, and its
                 // connection stops counting for its address.
                 let client = self.peers.get(&old)?.client;
-                self.count_down(client);
+                self.count_down(now, client, true, out);
                 let mut a = self.leave_table(old, now)?;
                 if let Some(c) = &mut self.cluster {
                     c.resuming.remove(&old);
@@ -2122,6 +2143,7 @@ mod tests {
                         self.closes.push((peer, code));
                     }
                     Action::Banned { client, .. } => self.bans.push(client),
+                    Action::Crowded { .. } => {}
                 }
             }
             self.check();
@@ -3953,9 +3975,14 @@ mod tests {
             .iter()
             .any(|a| matches!(a, Action::Banned { client, reports: 3, .. } if *client == theirs)));
         assert_eq!(r.counters.shadow_bans, 1);
-        // One connection too many across the cluster: closed with 1008.
+        // At the cap across the cluster: 429 for the address's next upgrades here, and one
+        // connection too many is closed with 1008.
+        out.clear();
+        r.handle_cluster_event(now, ClusterEvent::Crowded { peer: me, count: 8 }, &mut out);
+        assert_eq!(out, [Action::Crowded { client: mine, until: now + CROWDED_FOR }]);
         out.clear();
         r.handle_cluster_event(now, ClusterEvent::Crowded { peer: me, count: 9 }, &mut out);
+        assert!(out.iter().any(|a| matches!(a, Action::Crowded { client, .. } if *client == mine)));
         assert!(out
             .iter()
             .any(|a| matches!(a, Action::Close { peer, code: 1008, .. } if *peer == me)));
