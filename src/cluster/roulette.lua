@@ -63,21 +63,44 @@ local function is_alive(worker)
   return beat and tonumber(beat) >= now - DEAD_MS
 end
 
--- Removes a waiter from every index; returns its hash fields, or nil.
-local function unqueue(peer)
-  local w = B .. ':w:' .. peer
-  local f = redis.call('HGETALL', w)
+-- A waiter's hash fields, or nil.
+local function waiter(peer)
+  local f = redis.call('HGETALL', B .. ':w:' .. peer)
   if #f == 0 then return nil end
   local h = {}
   for i = 1, #f, 2 do h[f[i]] = f[i + 1] end
+  return h
+end
+
+-- Takes a waiter (its fields `h`) out of its pool's indexes; the hash stays.
+local function unindex(peer, h)
   local pool = B .. ':' .. (h.p or '')
   redis.call('ZREM', pool .. 'open', peer)
   for i = 1, tonumber(h.n or '0') do
     redis.call('ZREM', pool .. 'int:' .. h['i' .. i], peer)
   end
+end
+
+-- Removes a waiter from every index; returns its hash fields, or nil.
+local function unqueue(peer)
+  local h = waiter(peer)
+  if not h then return nil end
+  unindex(peer, h)
   redis.call('SREM', B .. ':ww:' .. (h.worker or ''), peer)
-  redis.call('DEL', w)
+  redis.call('DEL', B .. ':w:' .. peer)
   return h
+end
+
+-- Sets `worker`'s count of `address`'s connections (the field goes at 0); a day at most.
+local function set_count(worker, address, count)
+  local ac = B .. ':ac:' .. address
+  if tonumber(count) > 0 then
+    redis.call('HSET', ac, worker, count)
+    redis.call('EXPIRE', ac, 86400)
+  else
+    redis.call('HDEL', ac, worker)
+  end
+  return ac
 end
 
 -- Puts a waiter's hash fields (as unqueue returned them) back in the indexes of its pool.
@@ -269,9 +292,7 @@ elseif op == 'token' then
   redis.call('SET', B .. ':t:' .. ARGV[4], ARGV[5], 'EX', 86400)
   redis.call('SADD', B .. ':tw:' .. worker, ARGV[4])
   if address == '' then return 1 end
-  local ac = B .. ':ac:' .. address
-  redis.call('HSET', ac, worker, ARGV[7])
-  redis.call('EXPIRE', ac, 86400)
+  local ac = set_count(worker, address, ARGV[7])
   local total = 0
   local all = redis.call('HGETALL', ac)
   for i = 1, #all, 2 do
@@ -284,13 +305,7 @@ elseif op == 'token' then
   return total
 elseif op == 'count' then
   -- ARGV: op, B, CH, worker, address, its connections on this worker now
-  local ac = B .. ':ac:' .. ARGV[5]
-  if tonumber(ARGV[6]) > 0 then
-    redis.call('HSET', ac, ARGV[4], ARGV[6])
-    redis.call('EXPIRE', ac, 86400)
-  else
-    redis.call('HDEL', ac, ARGV[4])
-  end
+  set_count(ARGV[4], ARGV[5], ARGV[6])
   return 1
 elseif op == 'report' then
   -- ARGV: op, B, CH, target, reporter, threshold, window_ms, ban_ms. Returns the distinct
@@ -335,13 +350,8 @@ elseif op == 'untoken' then
   return 1
 elseif op == 'park' then
   -- ARGV: op, B, CH, peer. Out of the indexes; the hash (seq, since) stays for a resume.
-  local peer = ARGV[4]
-  local pool = B .. ':' .. (redis.call('HGET', B .. ':w:' .. peer, 'p') or '')
-  local h = redis.call('HGETALL', B .. ':w:' .. peer)
-  redis.call('ZREM', pool .. 'open', peer)
-  for i = 1, #h, 2 do
-    if string.match(h[i], '^i%d+$') then redis.call('ZREM', pool .. 'int:' .. h[i + 1], peer) end
-  end
+  local h = waiter(ARGV[4])
+  if h then unindex(ARGV[4], h) end
   return 1
 elseif op == 'resume' then
   -- ARGV: op, B, CH, token, new peer. A token is good once.

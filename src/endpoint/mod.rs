@@ -1044,17 +1044,11 @@ fn drive<A: App, S>(
                         crowded: cx.crowded,
                         now: cx.now,
                     };
-                    let next = routes::respond(&route, &req, client, conn.output(cx.spares));
-                    // This request's client, for a refusal's log line: the connection's own
-                    // hash unless a proxy named another client.
+                    let who = routes::Client { ip: client, peer, peer_hash: conn.client };
+                    let next = routes::respond(&route, &req, who, conn.output(cx.spares));
+                    // This request's client, for a refusal's log line.
                     let settings = cx.settings;
-                    let hash = || {
-                        if client == peer {
-                            conn.client
-                        } else {
-                            settings.address_key.hash(client)
-                        }
-                    };
+                    let hash = || who.hash(&settings.address_key);
                     match next {
                         Next::KeepAlive { why } => {
                             if let Some(why) = why {

@@ -11,7 +11,7 @@ use super::{Settings, Stats};
 use crate::{
     app::App,
     http::{self, HttpDate, Method, Request, Site, Status},
-    safety::AddrHash,
+    safety::{AddrHash, AddressKey},
     ws,
 };
 
@@ -72,13 +72,34 @@ pub(super) struct RouteCx<'a, A> {
     pub(super) now: Instant,
 }
 
-/// Answers one complete request from `client` into `out`.
+/// A request's client: its address, and the connection's own peer with the hash it was given
+/// at accept (the client is that peer unless a trusted proxy named another).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Client {
+    pub(super) ip: IpAddr,
+    pub(super) peer: IpAddr,
+    pub(super) peer_hash: AddrHash,
+}
+
+impl Client {
+    /// The client's hash: the connection's, or (behind a proxy) hashed now.
+    pub(super) fn hash(&self, key: &AddressKey) -> AddrHash {
+        if self.ip == self.peer {
+            self.peer_hash
+        } else {
+            key.hash(self.ip)
+        }
+    }
+}
+
+/// Answers one complete request from `who` into `out`.
 pub(super) fn respond<A: App>(
     cx: &RouteCx<'_, A>,
     req: &Request,
-    client: IpAddr,
+    who: Client,
     out: &mut Vec<u8>,
 ) -> Next {
+    let client = who.ip;
     let head_only = req.method == Method::Head;
     let keep_alive = req.keep_alive();
     let date = cx.date;
@@ -103,7 +124,7 @@ pub(super) fn respond<A: App>(
         }
         "/ws" => match ws::validate_upgrade(req, &cx.settings.allowed_origins) {
             Ok(accept) => {
-                let hash = cx.settings.address_key.hash(client);
+                let hash = who.hash(&cx.settings.address_key);
                 let max = cx.settings.max_connections_per_address;
                 let here = cx.per_address.get(&hash).is_some_and(|&n| n as usize >= max);
                 let elsewhere = cx.crowded.get(&hash).is_some_and(|&until| cx.now < until);

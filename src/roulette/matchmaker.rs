@@ -238,7 +238,7 @@ impl Matchmaker {
     /// Keeps the addresses `a` and `b` apart until `until` (a block). At most
     /// [`MAX_REMEMBERED_PARTINGS`] pairs; past that, new blocks are not kept.
     pub fn keep_apart(&mut self, a: AddrHash, b: AddrHash, until: Instant) {
-        let key = if a <= b { (a, b) } else { (b, a) };
+        let key = pair_key(a, b);
         if a != b && (self.apart.len() < MAX_REMEMBERED_PARTINGS || self.apart.contains_key(&key)) {
             self.apart.insert(key, until);
         }
@@ -386,9 +386,7 @@ impl Matchmaker {
             }
             if !self.apart.is_empty() {
                 let other = self.waiters.get(&p).map_or(AddrHash::default(), |o| o.who.client);
-                let key =
-                    if who.client <= other { (who.client, other) } else { (other, who.client) };
-                if self.apart.get(&key).is_some_and(|&until| now < until) {
+                if self.apart.get(&pair_key(who.client, other)).is_some_and(|&until| now < until) {
                     continue;
                 }
             }
@@ -485,7 +483,8 @@ fn wake_of(w: &Waiter, interest_timeout: Duration, cooldown: Duration) -> Option
     }
 }
 
-fn pair_key(a: PeerId, b: PeerId) -> (PeerId, PeerId) {
+/// A pair in one order whichever way it is given (partings by peer, blocks by address).
+fn pair_key<T: Ord>(a: T, b: T) -> (T, T) {
     if a < b {
         (a, b)
     } else {

@@ -36,7 +36,7 @@ use std::{
 };
 
 use self::{
-    matchmaker::{Match, Matchmaker, Parked},
+    matchmaker::{Match, Matchmaker, Parked, Searcher},
     metrics::RouletteCounters,
     protocol::{ClientMessage, Interests, LeaveReason, RequestError, ServerMessage},
 };
@@ -114,8 +114,9 @@ pub const SEARCH_BURST: u32 = 20;
 /// Refill rate of the search budget: a skip per second, sustained.
 pub const SEARCH_PER_SECOND: f64 = 1.0;
 
-/// How often address budgets that are full again (nobody used them lately) are forgotten.
-const ADDRESS_SWEEP: Duration = Duration::from_secs(10);
+/// How often what has expired is forgotten: address budgets that are full again (nobody used
+/// them lately), and the safety state (reports, bans, lines, blocks, last partners).
+const SWEEP: Duration = Duration::from_secs(10);
 
 /// Lines (and the typing state) kept for an away person at most, and their bytes: past either,
 /// the oldest go first.
@@ -905,7 +906,7 @@ impl Roulette {
             if !address.try_take(now_ms, rate, burst) {
                 return Err(RequestError::RateLimited);
             }
-            self.next_sweep.get_or_insert(now + ADDRESS_SWEEP);
+            self.next_sweep.get_or_insert(now + SWEEP);
         }
         let client = p.client;
         self.pow_used(now, peer, client);
@@ -926,15 +927,13 @@ impl Roulette {
             c.wakes.retain(|&(_, p)| p != peer);
             c.searching.insert(peer, interests.clone());
             if c.up {
-                let client =
-                    self.peers.get(&peer).map(|p| p.client.to_string()).unwrap_or_default();
-                c.ops.push_back(Op::Search { peer, interests, client });
+                c.ops.push_back(Op::Search { peer, interests, client: client.to_string() });
             } else {
                 send(out, peer, &ServerMessage::Matching { available: false });
             }
             return Ok(());
         }
-        let who = self.searcher(now, peer);
+        let who = Searcher { client, shadow: self.ledger.is_banned(now, client) };
         if let Some(m) = self.matchmaker.handle_search_as(now, peer, interests, who) {
             self.start_chat(now, m, out);
         }
@@ -967,10 +966,11 @@ impl Roulette {
             return Err(RequestError::RateLimited);
         }
         p.typing = false;
+        let sender = p.client;
         self.counters.messages_relayed += 1;
         self.counters.messages_relayed_remote += u64::from(is_remote(partner));
         self.deliver(out, peer, partner, &ServerMessage::Message { text });
-        self.note_line(now, peer, partner, text, out);
+        self.note_line(now, sender, partner, text, out);
         Ok(())
     }
 
@@ -1897,7 +1897,7 @@ impl App for Roulette {
                 (self.config.address_search_burst, self.config.address_searches_per_second);
             self.addresses.retain(|_, b| !b.is_full(now_ms, rate, burst));
             let more = self.sweep_safety(now) || !self.addresses.is_empty();
-            self.next_sweep = more.then_some(now + ADDRESS_SWEEP);
+            self.next_sweep = more.then_some(now + SWEEP);
         }
         while let Some(&(at, peer)) = self.away_wakes.first() {
             if at > now {

@@ -311,14 +311,19 @@ struct Envelope<'a> {
 }
 
 #[derive(Deserialize)]
-struct SearchBody {
+struct SearchBody<'a> {
     #[serde(default)]
     interests: Option<Vec<String>>,
+    #[serde(default, borrow)]
+    pow: Option<Cow<'a, str>>,
 }
 
+/// A search's `pow` alone: which field was wrong when a search does not parse (only read to
+/// be checked).
 #[derive(Deserialize)]
 struct PowBody<'a> {
     #[serde(default, borrow)]
+    #[allow(dead_code)]
     pow: Option<Cow<'a, str>>,
 }
 
@@ -392,15 +397,17 @@ impl<'a> ClientMessage<'a> {
         // is always about the body's fields.
         match &*kind {
             "search" => {
-                let body: SearchBody =
-                    serde_json::from_str(text).map_err(|_| RequestError::InterestsNotStrings)?;
+                let body: SearchBody<'a> = serde_json::from_str(text).map_err(|_| {
+                    match serde_json::from_str::<PowBody<'_>>(text) {
+                        Ok(_) => RequestError::InterestsNotStrings,
+                        Err(_) => RequestError::BadField { field: "pow" },
+                    }
+                })?;
                 let interests = match body.interests {
                     Some(list) => Interests::parse(list)?,
                     None => Interests::none(),
                 };
-                let pow: PowBody<'a> = serde_json::from_str(text)
-                    .map_err(|_| RequestError::BadField { field: "pow" })?;
-                Ok(ClientMessage::Search { interests, pow: pow.pow })
+                Ok(ClientMessage::Search { interests, pow: body.pow })
             }
             "message" => {
                 let body: MessageBody<'a> = serde_json::from_str(text)

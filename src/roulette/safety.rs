@@ -11,7 +11,7 @@ use std::{
 
 use super::{
     is_remote, matchmaker::Searcher, protocol::PowChallenge, send, ChatState, LeaveReason,
-    RequestError, Roulette, ServerMessage,
+    RequestError, Roulette, ServerMessage, SWEEP,
 };
 use crate::{
     app::{Action, PeerId},
@@ -21,9 +21,6 @@ use crate::{
         AddrHash, Ban, Pow, Reason,
     },
 };
-
-/// How often the ledger and the blocks are swept of what expired.
-pub(super) const SAFETY_SWEEP: Duration = Duration::from_secs(10);
 
 /// Searches one address adds to [`SearchRate`] per second at most: one address alone cannot
 /// switch the proof of work on for everyone.
@@ -138,8 +135,13 @@ impl Roulette {
 
     /// A search passed every check: its challenge is used up, and it counts for "auto".
     pub(super) fn pow_used(&mut self, now: Instant, peer: PeerId, client: AddrHash) {
-        self.challenges.remove(&peer);
-        self.search_rate.count(now, client);
+        if !self.challenges.is_empty() {
+            self.challenges.remove(&peer);
+        }
+        // Only "auto" reads the rate (a map entry per address and second).
+        if let Pow::Auto { .. } = self.config.safety.pow {
+            self.search_rate.count(now, client);
+        }
     }
 
     /// Who `peer` is for the queue: its address, and whether that address is shadow-banned.
@@ -179,24 +181,27 @@ impl Roulette {
         }
     }
 
-    /// The address `peer` may report or block now: its partner's in a chat (whose chat then
-    /// ends as a skip does), or its last partner's within [`AFTER_CHAT`].
+    /// `peer`'s own address and the one it may report or block now: its partner's in a chat
+    /// (whose chat then ends as a skip does), or its last partner's within [`AFTER_CHAT`].
     fn target(
         &mut self,
         now: Instant,
         peer: PeerId,
         out: &mut Vec<Action>,
-    ) -> Result<AddrHash, RequestError> {
+    ) -> Result<(AddrHash, AddrHash), RequestError> {
         let Some(p) = self.peers.get(&peer) else { return Err(RequestError::NobodyToReport) };
+        let me = p.client;
         if let ChatState::Chatting(partner) = p.state {
             // A partner whose address this worker never learnt (one that matched through an
             // older version) cannot be reported; the chat goes on.
             let client = self.client_of(partner).ok_or(RequestError::NobodyToReport)?;
             self.end_chat(now, peer, partner, LeaveReason::Next, out);
-            return Ok(client);
+            return Ok((me, client));
         }
         match self.recent.get(&peer) {
-            Some(&(client, at)) if now.saturating_duration_since(at) < AFTER_CHAT => Ok(client),
+            Some(&(client, at)) if now.saturating_duration_since(at) < AFTER_CHAT => {
+                Ok((me, client))
+            }
             _ => Err(RequestError::NobodyToReport),
         }
     }
@@ -209,8 +214,7 @@ impl Roulette {
         reason: Reason,
         out: &mut Vec<Action>,
     ) -> Result<(), RequestError> {
-        let target = self.target(now, peer, out)?;
-        let reporter = self.peers.get(&peer).map_or(AddrHash::default(), |p| p.client);
+        let (reporter, target) = self.target(now, peer, out)?;
         self.counters.reports[reason as usize] += 1;
         self.file_report(now, target, reporter, out);
         send(out, peer, &ServerMessage::Reported);
@@ -224,8 +228,7 @@ impl Roulette {
         peer: PeerId,
         out: &mut Vec<Action>,
     ) -> Result<(), RequestError> {
-        let target = self.target(now, peer, out)?;
-        let me = self.peers.get(&peer).map_or(AddrHash::default(), |p| p.client);
+        let (me, target) = self.target(now, peer, out)?;
         let duration = self.config.safety.block_duration;
         self.counters.blocks += 1;
         match &mut self.cluster {
@@ -244,11 +247,12 @@ impl Roulette {
         Ok(())
     }
 
-    /// A line `from` (local) sent to `to`: spam when it went to `spam_partners` strangers.
+    /// A line a local person at address `sender` sent to `to`: spam when it went to
+    /// `spam_partners` strangers.
     pub(super) fn note_line(
         &mut self,
         now: Instant,
-        from: PeerId,
+        sender: AddrHash,
         to: PeerId,
         text: &str,
         out: &mut Vec<Action>,
@@ -256,9 +260,7 @@ impl Roulette {
         if self.config.safety.spam_partners == 0 {
             return;
         }
-        let (Some(sender), Some(receiver)) = (self.client_of(from), self.client_of(to)) else {
-            return;
-        };
+        let Some(receiver) = self.client_of(to) else { return };
         let rules = &self.config.safety;
         let Some(strangers) = self.ledger.line(now, rules, sender, receiver, text) else { return };
         self.counters.spam_detections += 1;
@@ -355,7 +357,7 @@ impl Roulette {
     }
 
     pub(super) fn schedule_sweep(&mut self, now: Instant) {
-        self.next_sweep.get_or_insert(now + SAFETY_SWEEP);
+        self.next_sweep.get_or_insert(now + SWEEP);
     }
 
     /// Forgets expired reports, bans, lines, blocks and last partners. Returns whether anything

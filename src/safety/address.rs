@@ -15,9 +15,20 @@ pub const MIN_KEY_BYTES: usize = 16;
 /// Longest key file read.
 const MAX_KEY_FILE: u64 = 4096;
 
-/// The secret behind every address hash.
-#[derive(Clone, PartialEq, Eq)]
-pub struct AddressKey([u8; 32]);
+/// The secret behind every address hash, with its HMAC state made once.
+#[derive(Clone)]
+pub struct AddressKey {
+    secret: [u8; 32],
+    hmac: Hmac,
+}
+
+impl PartialEq for AddressKey {
+    fn eq(&self, other: &AddressKey) -> bool {
+        self.secret == other.secret
+    }
+}
+
+impl Eq for AddressKey {}
 
 impl fmt::Debug for AddressKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -50,7 +61,11 @@ impl AddressKey {
     pub fn random() -> AddressKey {
         let mut k = [0u8; 32];
         crate::roulette::os_random(&mut k);
-        AddressKey(k)
+        AddressKey::new(k)
+    }
+
+    fn new(secret: [u8; 32]) -> AddressKey {
+        AddressKey { secret, hmac: Hmac::new(&secret) }
     }
 
     /// The key of `path`: whatever it holds (at least [`MIN_KEY_BYTES`], mode 600), hashed to
@@ -71,7 +86,7 @@ impl AddressKey {
         if secret.len() < MIN_KEY_BYTES {
             return Err(KeyError::Size(name));
         }
-        Ok(AddressKey(Sha256::digest(secret).into()))
+        Ok(AddressKey::new(Sha256::digest(secret).into()))
     }
 
     /// The hash that stands for `ip`.
@@ -89,7 +104,7 @@ impl AddressKey {
                 9
             }
         };
-        let mac = hmac_sha256(&self.0, &group[..len]);
+        let mac = self.hmac.mac(&group[..len]);
         let mut h = [0u8; 16];
         h.copy_from_slice(&mac[..16]);
         AddrHash(h)
@@ -137,15 +152,31 @@ impl fmt::Debug for AddrHash {
     }
 }
 
-/// HMAC-SHA256 (RFC 2104) for keys of at most one block (64 bytes).
-fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
-    debug_assert!(key.len() <= 64);
-    let mut pad = [0u8; 64];
-    pad[..key.len()].copy_from_slice(key);
-    let inner_pad: Vec<u8> = pad.iter().map(|b| b ^ 0x36).collect();
-    let outer_pad: Vec<u8> = pad.iter().map(|b| b ^ 0x5c).collect();
-    let inner = Sha256::new().chain_update(&inner_pad).chain_update(message).finalize();
-    Sha256::new().chain_update(&outer_pad).chain_update(inner).finalize().into()
+/// HMAC-SHA256 (RFC 2104) for keys of at most one block (64 bytes). The two padded key blocks
+/// are absorbed once, with the key: a MAC (one per connection) then costs two SHA-256
+/// compressions and no allocation.
+#[derive(Clone)]
+struct Hmac {
+    inner: Sha256,
+    outer: Sha256,
+}
+
+impl Hmac {
+    fn new(key: &[u8]) -> Hmac {
+        debug_assert!(key.len() <= 64);
+        let mut pad = [0u8; 64];
+        pad[..key.len()].copy_from_slice(key);
+        let padded = |x: u8| pad.map(|b| b ^ x);
+        Hmac {
+            inner: Sha256::new().chain_update(padded(0x36)),
+            outer: Sha256::new().chain_update(padded(0x5c)),
+        }
+    }
+
+    fn mac(&self, message: &[u8]) -> [u8; 32] {
+        let inner = self.inner.clone().chain_update(message).finalize();
+        self.outer.clone().chain_update(inner).finalize().into()
+    }
 }
 
 #[cfg(test)]
@@ -160,26 +191,26 @@ mod tests {
     fn hmac_matches_rfc_4231() {
         // Test case 2.
         assert_eq!(
-            hex(&hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
+            hex(&Hmac::new(b"Jefe").mac(b"what do ya want for nothing?")),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
         // Test case 1.
         assert_eq!(
-            hex(&hmac_sha256(&[0x0b; 20], b"Hi There")),
+            hex(&Hmac::new(&[0x0b; 20]).mac(b"Hi There")),
             "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"
         );
     }
 
     #[test]
     fn ipv6_is_grouped_by_64_and_mapped_ipv4_is_ipv4() {
-        let k = AddressKey([7; 32]);
+        let k = AddressKey::new([7; 32]);
         let h = |s: &str| k.hash(s.parse().unwrap());
         assert_eq!(h("2001:db8:1:2::1"), h("2001:db8:1:2:ffff:ffff:ffff:ffff"));
         assert_ne!(h("2001:db8:1:2::1"), h("2001:db8:1:3::1"));
         assert_eq!(h("::ffff:192.0.2.1"), h("192.0.2.1"));
         assert_ne!(h("192.0.2.1"), h("192.0.2.2"));
         // Another key, other hashes; the short form is 8 hex digits of the full one.
-        assert_ne!(AddressKey([8; 32]).hash("192.0.2.1".parse().unwrap()), h("192.0.2.1"));
+        assert_ne!(AddressKey::new([8; 32]).hash("192.0.2.1".parse().unwrap()), h("192.0.2.1"));
         let full = h("192.0.2.1").to_string();
         assert_eq!(full.len(), 32);
         assert_eq!(h("192.0.2.1").short(), full[..8]);
